@@ -1,0 +1,190 @@
+"""White-box attacks as plain functions of (model, images, labels, spec) on whole batches.
+
+Every attack maximises cross-entropy on the model's prediction logits, works on images in [0, 1],
+projects each iterate onto the eps-ball of its norm and clips it to [0, 1]. The model is put in
+eval mode for the attack (unless `train_mode=True`, which adversarial training uses) and left in the
+mode it was found; gradients are taken with respect to the images only, so the model's parameters
+never receive a .grad.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+EPS = 8 / 255
+STEP = 2 / 255
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """One column of a table: which attack, under which norm, how strong."""
+
+    name: str  # fgsm | bim | pgd | mim
+    eps: float = EPS
+    step: float = STEP
+    steps: int = 1
+    random_start: bool = False
+    restarts: int = 1
+    momentum: float = 0.9  # MIM only
+    norm: str = "linf"  # linf | l2 (l2: FGSM only)
+    label: str = ""
+
+    def __post_init__(self):
+        if self.name not in ATTACKS:
+            raise ValueError(f"unknown attack {self.name!r}; choose one of {sorted(ATTACKS)}")
+        if self.norm not in ("linf", "l2"):
+            raise ValueError(f"unknown norm {self.norm!r}; choose linf or l2")
+        if self.norm == "linf" and not 0 <= self.eps <= 1:
+            raise ValueError(f"L-inf eps must be in [0, 1] for images in [0, 1]; got {self.eps}")
+        if self.norm == "l2" and self.name != "fgsm":
+            raise ValueError("only FGSM is defined under the L2 norm here")
+        if self.eps < 0 or self.step < 0 or self.steps < 1 or self.restarts < 1:
+            raise ValueError("eps and step must be >= 0, steps and restarts >= 1")
+
+    @property
+    def column(self) -> str:
+        return self.label or self.name
+
+
+def table1_specs(restarts: int = 20, mim_steps: int = 40, eps: float = EPS, step: float = STEP) -> list[AttackSpec]:
+    """The six attack columns of Table I (a profile may lower restarts and MIM steps)."""
+    return [
+        AttackSpec("fgsm", eps=eps, step=eps, label="fgsm"),
+        AttackSpec("bim", eps=eps, step=step, steps=7, label="bim7"),
+        AttackSpec("pgd", eps=eps, step=step, steps=7, random_start=True, label="pgd7"),
+        AttackSpec("pgd", eps=eps, step=step, steps=20, random_start=True, label="pgd20"),
+        AttackSpec("pgd", eps=eps, step=step, steps=20, random_start=True, restarts=restarts, label="pgd20x20"),
+        AttackSpec("mim", eps=eps, step=step, steps=mim_steps, label="mim40"),
+    ]
+
+
+@contextlib.contextmanager
+def attack_mode(model: nn.Module, train_mode: bool = False):
+    """Eval mode (or train mode, for crafting training examples) during the attack, then restore."""
+    was_training = model.training
+    model.train(train_mode)
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """d CE / d x, without touching the parameters' .grad."""
+    x = x.detach().requires_grad_(True)
+    loss = F.cross_entropy(model(x).float(), y, reduction="sum")
+    (grad,) = torch.autograd.grad(loss, x)
+    return grad
+
+
+def _per_example(t: torch.Tensor) -> tuple:
+    return (-1,) + (1,) * (t.dim() - 1)
+
+
+def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str = "linf") -> torch.Tensor:
+    """Onto the eps-ball around x, then into [0, 1]."""
+    delta = x_adv - x
+    if norm == "linf":
+        delta = delta.clamp(-eps, eps)
+    else:
+        norms = delta.flatten(1).norm(dim=1).view(_per_example(x))
+        delta = delta * torch.clamp(eps / (norms + 1e-12), max=1.0)
+    return (x + delta).clamp(0, 1)
+
+
+def _ascent_direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
+    if norm == "linf":
+        return grad.sign()
+    return grad / (grad.flatten(1).norm(dim=1).view(_per_example(grad)) + 1e-12)
+
+
+def fgsm(model, x, y, spec: AttackSpec, start=None):
+    """One step of size eps along the gradient's sign (L-inf) or its direction (L2)."""
+    return project(x + spec.eps * _ascent_direction(input_gradient(model, x, y), spec.norm), x, spec.eps, spec.norm)
+
+
+def random_start(x: torch.Tensor, spec: AttackSpec) -> torch.Tensor | None:
+    """The uniform start offset of a PGD run (None without random start)."""
+    return torch.empty_like(x).uniform_(-spec.eps, spec.eps) if spec.random_start else None
+
+
+def pgd(model, x, y, spec: AttackSpec, start: torch.Tensor | None = None):
+    """Iterated signed-gradient steps, projected every step; BIM is the same without random start.
+    `start` is the random start offset; drawn here when the spec asks for one and none is given."""
+    if start is None:
+        start = random_start(x, spec)
+    x_adv = x.clone() if start is None else project(x + start, x, spec.eps, spec.norm)
+    for _ in range(spec.steps):
+        x_adv = project(x_adv + spec.step * _ascent_direction(input_gradient(model, x_adv, y), spec.norm),
+                        x, spec.eps, spec.norm)
+    return x_adv
+
+
+def mim(model, x, y, spec: AttackSpec, start=None):
+    """Momentum iterative method: the gradient is L1-normalised per example before it joins the
+    momentum (the authors normalised over the whole batch, which couples the examples)."""
+    x_adv, g = x.clone(), torch.zeros_like(x)
+    for _ in range(spec.steps):
+        grad = input_gradient(model, x_adv, y)
+        g = spec.momentum * g + grad / (grad.abs().flatten(1).sum(1).view(_per_example(grad)) + 1e-12)
+        x_adv = project(x_adv + spec.step * _ascent_direction(g, spec.norm), x, spec.eps, spec.norm)
+    return x_adv
+
+
+ATTACKS = {"fgsm": fgsm, "bim": pgd, "pgd": pgd, "mim": mim}
+
+
+def _single_run(model, x, y, spec, start=None):
+    return ATTACKS[spec.name](model, x, y, spec, start)
+
+
+@torch.no_grad()
+def _correct(model, x, y):
+    return model(x).argmax(1) == y
+
+
+def attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec, *,
+           train_mode: bool = False) -> torch.Tensor:
+    """Adversarial images for a batch. With restarts > 1, each restart attacks only the examples
+    that every earlier restart failed to break (the answer is the same as attacking all of them
+    every time, for a fraction of the work). Each restart draws its random start for the whole
+    batch, so an example gets the same start as in `attack_all_restarts`."""
+    if spec.eps == 0:
+        return x.clone()
+    x, y = x.detach(), y.detach()
+    with attack_mode(model, train_mode):
+        x_adv = _single_run(model, x, y, spec)
+        if spec.restarts == 1:
+            return x_adv.detach()
+        single = replace(spec, restarts=1)
+        alive = _correct(model, x_adv, y)
+        for _ in range(spec.restarts - 1):
+            start = random_start(x, spec)
+            idx = alive.nonzero().squeeze(1)
+            if len(idx) == 0:
+                break
+            candidate = _single_run(model, x[idx], y[idx], single, None if start is None else start[idx])
+            broken = ~_correct(model, candidate, y[idx])
+            x_adv[idx[broken]] = candidate[broken]
+            alive[idx[broken]] = False
+        return x_adv.detach()
+
+
+def attack_all_restarts(model, x, y, spec: AttackSpec) -> torch.Tensor:
+    """The reference for the survivors-only restarts: every restart on every example; an example
+    is broken if any restart breaks it. Slow on purpose: used by tests and the benchmark."""
+    x, y = x.detach(), y.detach()
+    with attack_mode(model):
+        single = replace(spec, restarts=1)
+        x_adv = _single_run(model, x, y, single)
+        alive = _correct(model, x_adv, y)
+        for _ in range(spec.restarts - 1):
+            candidate = _single_run(model, x, y, single)
+            newly = alive & ~_correct(model, candidate, y)
+            x_adv[newly] = candidate[newly]
+            alive &= ~newly
+        return x_adv.detach()

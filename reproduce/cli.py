@@ -1,0 +1,107 @@
+"""python -m reproduce COMMAND: a thin shell over the package.
+
+  train   one experiment (prints where its run lives)
+  grid    every experiment a table needs, skipping what the store has
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .config import DEFENSES, default_profile_name
+from .data import DATASETS
+from .losses import LOSSES
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", default=None, help="smoke | quick | paper (default: $PROFILE, else quick with "
+                                                   "CUDA and smoke without)")
+    p.add_argument("--dataset", default="cifar10", choices=DATASETS)
+    p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+    p.add_argument("--runs", default=None, help="run store folder (default: $REPRODUCE_RUNS or ./runs)")
+    p.add_argument("--data", default=None, help="dataset folder (default: $REPRODUCE_DATA or ./data)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _parse_value(text: str):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False, "none": None}.get(text.lower(), text)
+
+
+def _key_values(items) -> dict:
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise SystemExit(f"expected NAME=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k] = _parse_value(v)
+    return out
+
+
+def cmd_train(args) -> int:
+    from .config import make_experiment
+    from .store import RunStore
+    from .training import train
+
+    overrides = {k: v for k, v in dict(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                                       train_limit=args.train_limit).items() if v is not None}
+    exp = make_experiment(args.loss, args.defense, args.profile, args.dataset, args.seed,
+                          loss_params=_key_values(args.param), **overrides)
+    store = RunStore(args.runs)
+    print(f"experiment {exp.label} ({exp.profile}, {exp.dataset}) -> {store.run_dir(exp)}")
+    run = train(exp, store, device=args.device, data_root=args.data, progress=not args.quiet,
+                stop_after_steps=args.stop_after_steps)
+    print(f"{run.result['status']}: best validation accuracy {run.result['best_val_acc']}; run at {run.run_dir}")
+    return 0
+
+
+def cmd_grid(args) -> int:
+    from .grid import experiments_for, train_all
+    from .store import RunStore
+
+    store = RunStore(args.runs)
+    exps = experiments_for(args.table, args.profile, args.dataset)
+    runs = train_all(exps, store, device=args.device, data_root=args.data, progress=not args.quiet)
+    for exp, run in runs.items():
+        acc = run.result["best_val_acc"]
+        shown = f"{acc:.2f}" if acc is not None else "-"
+        print(f"{exp.label:10s} {str(dict(exp.loss_params) or ''):24s} {run.result['status']:9s} val {shown:>6s}  "
+              f"{run.run_dir}")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m reproduce", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train one experiment")
+    _common(p)
+    p.add_argument("--loss", default="SM", choices=sorted(LOSSES))
+    p.add_argument("--defense", default="UM", choices=DEFENSES)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--train-limit", type=int)
+    p.add_argument("--param", action="append", metavar="NAME=VALUE", help="a loss parameter, e.g. --param s=4")
+    p.add_argument("--stop-after-steps", type=int, help=argparse.SUPPRESS)  # crash simulation for tests
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("grid", help="train every experiment a table needs")
+    _common(p)
+    p.add_argument("--table", required=True, choices=["1", "2", "3", "4", "surrogates"])
+    p.set_defaults(func=cmd_grid)
+
+    args = parser.parse_args(argv)
+    if getattr(args, "profile", "x") is None:
+        args.profile = default_profile_name()
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

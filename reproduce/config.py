@@ -1,0 +1,154 @@
+"""Profiles and experiments as data.
+
+A profile scales budgets (width, epochs, images, restarts), never the protocol (eps, steps, losses).
+An experiment is a frozen dataclass; the hash of its fields names its run directory.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    width: int  # base channels of the ResNet (64 in the paper)
+    epochs: int
+    batch_size: int
+    lr: float
+    schedule: str  # "onecycle" for short runs, "plateau" for the paper's schedule
+    train_limit: int | None  # images used for training (None: the whole 45k split)
+    adv_train_limit: int | None  # images for AT / ALP training, each ~8x the cost of a clean step
+    val_limit: int | None
+    test_limit: int | None  # test images every evaluation uses
+    restarts: int  # restarts of the 20PGD column
+    mim_steps: int = 40
+    tsne_points: int = 1000
+
+
+PROFILES = {
+    # Every notebook on 2 CPU cores in minutes. Thin network, a slice of the data, few restarts.
+    "smoke": Profile("smoke", width=16, epochs=4, batch_size=128, lr=0.2, schedule="onecycle",
+                     train_limit=10000, adv_train_limit=3000, val_limit=500, test_limit=500, restarts=3,
+                     mim_steps=40, tsne_points=300),
+    # Full ResNet-18 and full data, short one-cycle schedules: every table on one GPU in hours.
+    "quick": Profile("quick", width=64, epochs=30, batch_size=512, lr=0.2, schedule="onecycle",
+                     train_limit=None, adv_train_limit=None, val_limit=None, test_limit=None, restarts=20),
+    # The paper's schedule: plateau scheduler on the training loss, up to 1000 epochs.
+    "paper": Profile("paper", width=64, epochs=1000, batch_size=256, lr=0.1, schedule="plateau",
+                     train_limit=None, adv_train_limit=None, val_limit=None, test_limit=None, restarts=20),
+}
+
+
+def default_profile_name() -> str:
+    """PROFILE from the environment, else quick with CUDA and smoke without."""
+    name = os.environ.get("PROFILE")
+    if name:
+        return name
+    import torch
+
+    return "quick" if torch.cuda.is_available() else "smoke"
+
+
+def get_profile(name: str | None = None, **overrides) -> Profile:
+    name = name or default_profile_name()
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}")
+    profile = PROFILES[name]
+    unknown = set(overrides) - {f.name for f in dataclasses.fields(Profile)}
+    if unknown:
+        raise ValueError(f"unknown profile fields {sorted(unknown)}")
+    return dataclasses.replace(profile, **{k: v for k, v in overrides.items() if v is not None})
+
+
+DEFENSES = ("UM", "AT", "ALP")
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """Everything that decides a trained model. Device and precision are not part of it."""
+
+    dataset: str = "cifar10"
+    loss: str = "SM"
+    defense: str = "UM"
+    seed: int = 0
+    profile: str = "smoke"
+    model: str = "resnet18"  # or "smallcnn"
+    width: int = 64
+    max_pool: bool = True  # the authors keep the stem max-pool (layer4 at 2x2)
+    embedding_dim: int = 10  # smallcnn only
+    epochs: int = 2
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 2e-4
+    schedule: str = "onecycle"
+    plateau_patience: int = 10
+    train_limit: int | None = None
+    val_limit: int | None = None
+    loss_params: tuple = ()  # sorted (name, value) pairs, e.g. (("m", 0.2), ("s", 2.0))
+    attack_eps: float = 8 / 255  # AT / ALP crafting
+    attack_step: float = 2 / 255
+    attack_steps: int = 7
+    craft_bn_mode: str = "train"  # batch-norm mode while crafting training examples (authors: train)
+    augment: bool = True
+    extra: tuple = field(default=())  # free-form tags that must separate runs
+
+    def __post_init__(self):
+        from .losses import LOSSES
+
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}; choose one of {sorted(LOSSES)}")
+        if self.defense not in DEFENSES:
+            raise ValueError(f"unknown defense {self.defense!r}; choose one of {list(DEFENSES)}")
+        if self.schedule not in ("onecycle", "plateau", "constant"):
+            raise ValueError(f"unknown schedule {self.schedule!r}")
+        if self.craft_bn_mode not in ("train", "eval"):
+            raise ValueError("craft_bn_mode must be 'train' or 'eval'")
+        if not 0 <= self.attack_eps <= 1:
+            raise ValueError(f"attack_eps must be in [0, 1] (images live in [0, 1]); got {self.attack_eps}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size must be positive")
+
+    @property
+    def key(self) -> str:
+        text = json.dumps(dataclasses.asdict(self), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    @property
+    def label(self) -> str:
+        """The paper's name of the model, e.g. AAML-AT."""
+        return f"{self.loss}-{self.defense}"
+
+    @property
+    def run_name(self) -> str:
+        return f"{self.dataset}-{self.profile}-{self.label}-{self.key}"
+
+    @property
+    def params(self) -> dict:
+        return dict(self.loss_params)
+
+
+def make_experiment(loss: str = "SM", defense: str = "UM", profile: str | Profile | None = None,
+                    dataset: str = "cifar10", seed: int = 0, loss_params: dict | None = None,
+                    **overrides) -> Experiment:
+    """An experiment with the profile's budgets; keyword overrides win over the profile."""
+    from .losses import loss_parameters, make_loss
+
+    prof = profile if isinstance(profile, Profile) else get_profile(profile)
+    loss_params = dict(loss_params or {})
+    make_loss(loss, 4, 2, **loss_params)  # unknown loss or parameter: a clear error now, not mid-run
+    # Parameters equal to their defaults are dropped, so the same model always has the same hash.
+    defaults = loss_parameters(loss)
+    loss_params = {k: v for k, v in loss_params.items() if defaults.get(k) != v}
+    fields = dict(dataset=dataset, loss=loss, defense=defense, seed=seed, profile=prof.name,
+                  width=prof.width, epochs=prof.epochs, batch_size=prof.batch_size, lr=prof.lr,
+                  schedule=prof.schedule, val_limit=prof.val_limit,
+                  train_limit=prof.train_limit if defense == "UM" or prof.adv_train_limit is None
+                  else prof.adv_train_limit,
+                  loss_params=tuple(sorted(loss_params.items())))
+    fields.update(overrides)
+    return Experiment(**fields)

@@ -1,0 +1,132 @@
+"""Accuracy under attack: the white-box table, the black-box matrix, and the sanity checks.
+
+Results are cached in each run's eval/ folder under a name that hashes the attack specs and the
+test set, so re-running a notebook costs nothing.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, replace
+
+import torch
+from tqdm.auto import tqdm
+
+from .attacks import AttackSpec, attack
+from .data import DeviceLoader
+from .store import RunStore, read_json, write_json
+
+EPS_SWEEP = (0, 4 / 255, 8 / 255, 16 / 255, 32 / 255, 64 / 255, 128 / 255)
+ORDER_TOLERANCE = 1.0  # points: PGD-20 vs PGD-7 and 20PGD vs PGD-20 may differ by sampling noise
+
+
+def robust_accuracy(model, images, labels, spec: AttackSpec | None, *, batch_size: int = 250,
+                    desc: str | None = None, progress: bool = False) -> float:
+    """Accuracy (percent) on the adversarial images of `spec` (clean images when spec is None)."""
+    device = next(model.parameters()).device
+    loader = DeviceLoader(images, labels, batch_size, device=device)
+    correct = torch.zeros((), device=device)
+    for x, y in tqdm(loader, desc=desc, disable=not progress, leave=False):
+        if spec is not None:
+            x = attack(model, x, y, spec)
+        with torch.no_grad():
+            was_training = model.training
+            model.eval()
+            correct += (model(x).argmax(1) == y).sum()
+            model.train(was_training)
+    return 100.0 * correct.item() / max(len(labels), 1)
+
+
+def _cache_name(kind: str, specs, images) -> str:
+    payload = json.dumps([asdict(s) if s is not None else None for s in specs], sort_keys=True)
+    digest = hashlib.sha256(payload.encode() + str((tuple(images.shape), int(images.float().sum()))).encode())
+    return f"{kind}-{digest.hexdigest()[:12]}"
+
+
+def white_box(model, images, labels, specs: list[AttackSpec], *, progress: bool = True,
+              label: str = "") -> dict:
+    """{'clean': acc, column: acc for each spec}."""
+    row = {"clean": robust_accuracy(model, images, labels, None)}
+    for spec in specs:
+        row[spec.column] = robust_accuracy(model, images, labels, spec, progress=progress,
+                                           desc=f"{label} {spec.column}".strip())
+    return row
+
+
+def eps_curve(model, images, labels, base: AttackSpec | None = None, eps_values=EPS_SWEEP) -> dict:
+    """PGD accuracy as eps grows; it must fall toward zero, or the gradients are masked."""
+    base = base or AttackSpec("pgd", steps=7, random_start=True)
+    return {f"{e:.4f}": robust_accuracy(model, images, labels,
+                                        replace(base, eps=e, step=max(base.step, e / 4)))
+            for e in eps_values}
+
+
+def white_box_checks(row: dict, curve: dict | None = None, tol: float = ORDER_TOLERANCE) -> list[str]:
+    """The flags of one model's row; an empty list means every check passed."""
+    flags = []
+    clean = row["clean"]
+    for col, acc in row.items():
+        if col != "clean" and acc > clean + 1e-9:
+            flags.append(f"{col} ({acc:.2f}) exceeds clean ({clean:.2f})")
+    if "pgd20" in row and "pgd7" in row and row["pgd20"] > row["pgd7"] + tol:
+        flags.append(f"PGD-20 ({row['pgd20']:.2f}) above PGD-7 ({row['pgd7']:.2f})")
+    if "pgd20x20" in row and "pgd20" in row and row["pgd20x20"] > row["pgd20"] + tol:
+        flags.append(f"20PGD ({row['pgd20x20']:.2f}) above PGD-20 ({row['pgd20']:.2f})")
+    if curve:
+        values = list(curve.values())
+        if abs(values[0] - clean) > 1e-9:
+            flags.append(f"accuracy at eps = 0 ({values[0]:.2f}) differs from clean ({clean:.2f})")
+        if any(b > a + tol for a, b in zip(values, values[1:])):
+            flags.append("accuracy rises with eps")
+        if values[-1] > 10.0:
+            flags.append(f"accuracy stays at {values[-1]:.2f}% at eps = {list(curve)[-1]}: possible gradient masking")
+    return flags
+
+
+def evaluate_white_box(experiment, model, images, labels, specs, store: RunStore | None = None, *,
+                       progress: bool = True, with_checks: bool = True) -> dict:
+    """One row of Table I with its eps curve and sanity flags, cached in the run's eval/ folder."""
+    store = store or RunStore()
+    path = store.eval_path(experiment, _cache_name("white_box", specs, images))
+    if path.exists():
+        return read_json(path)
+    row = white_box(model, images, labels, specs, progress=progress, label=experiment.label)
+    curve = eps_curve(model, images, labels) if with_checks else None
+    result = {"label": experiment.label, "key": experiment.key, "row": row, "eps_curve": curve,
+              "flags": white_box_checks(row, curve)}
+    write_json(path, result)
+    return result
+
+
+def craft(model, images, labels, spec: AttackSpec, batch_size: int = 250, progress: bool = False,
+          desc: str | None = None) -> torch.Tensor:
+    """Adversarial images for a whole set, kept on the CPU as float."""
+    device = next(model.parameters()).device
+    out = []
+    for x, y in tqdm(DeviceLoader(images, labels, batch_size, device=device), desc=desc,
+                     disable=not progress, leave=False):
+        out.append(attack(model, x, y, spec).cpu())
+    return torch.cat(out)
+
+
+def black_box(surrogates: dict, targets: dict, images, labels, spec: AttackSpec, *,
+              progress: bool = True) -> dict:
+    """{target label: {surrogate label: accuracy of the target on the surrogate's adversarial images}}."""
+    matrix = {t: {} for t in targets}
+    for s_label, surrogate in surrogates.items():
+        adv = craft(surrogate, images, labels, spec, progress=progress, desc=f"craft {spec.column} on {s_label}")
+        for t_label, target in targets.items():
+            matrix[t_label][s_label] = robust_accuracy(target, adv, labels, None)
+    return matrix
+
+
+def black_box_checks(matrix: dict, white: dict, tol: float = ORDER_TOLERANCE) -> list[str]:
+    """A transferred attack should not beat the white-box attack on the same target."""
+    flags = []
+    for target, row in matrix.items():
+        if target not in white:
+            continue
+        for surrogate, acc in row.items():
+            if acc + tol < white[target]:
+                flags.append(f"{target}: black-box from {surrogate} ({acc:.2f}) below white-box ({white[target]:.2f})")
+    return flags

@@ -1,0 +1,111 @@
+"""Networks map images to an embedding f(x); the loss object owns the head that maps f(x) to logits.
+
+`Classifier` joins the two so attacks and evaluation see one module: images in [0, 1] -> logits.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNet18(nn.Module):
+    """torchvision's ResNet-18 layout with a 3x3 stride-1 stem, for 32x32 (or 28x28) images.
+
+    `width` is the base channel count (64 in the paper; the embedding has 8 * width dimensions).
+    `max_pool` keeps the 3x3/2 max-pool after the stem, as the authors' code does.
+    """
+
+    def __init__(self, in_channels: int = 3, width: int = 64, max_pool: bool = True):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width),
+                                  nn.ReLU(inplace=True))
+        self.pool = nn.MaxPool2d(3, 2, 1) if max_pool else nn.Identity()
+        layers, cin = [], width
+        for i, cout in enumerate([width, 2 * width, 4 * width, 8 * width]):
+            stride = 1 if i == 0 else 2
+            layers += [BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)]
+            cin = cout
+        self.layers = nn.Sequential(*layers)
+        self.embedding_dim = 8 * width
+
+    def forward(self, x):
+        x = self.layers(self.pool(self.stem(x)))
+        return F.adaptive_avg_pool2d(x, 1).flatten(1)  # post-ReLU average-pooled features
+
+
+class SmallCNN(nn.Module):
+    """AlexNet-style network for MNIST with a low-dimensional feature layer (10-d, or 2-d for plots)."""
+
+    def __init__(self, in_channels: int = 1, embedding_dim: int = 10):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 32, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.AdaptiveAvgPool2d(4), nn.Flatten(),
+            nn.Linear(64 * 16, 256), nn.ReLU(inplace=True),
+            nn.Linear(256, embedding_dim),  # no activation: the features may point anywhere
+        )
+        self.embedding_dim = embedding_dim
+
+    def forward(self, x):
+        return self.features(x)
+
+
+class Classifier(nn.Module):
+    """An embedding network plus a loss object that holds the head.
+
+    forward(x) gives the prediction logits (what accuracy and every attack use);
+    loss(x, y) gives (training objective, logits).
+    """
+
+    def __init__(self, embedder: nn.Module, criterion: nn.Module):
+        super().__init__()
+        self.embedder = embedder
+        self.criterion = criterion
+
+    def embed(self, x):
+        return self.embedder(x)
+
+    def _in_float32(self, fn, f, *args):
+        # Heads and losses run in float32 even under bf16 autocast: acos and normalisation need it.
+        with torch.autocast(f.device.type, enabled=False):
+            return fn(f.float(), *args)
+
+    def forward(self, x):
+        return self._in_float32(self.criterion.logits, self.embedder(x))
+
+    def loss(self, x, y):
+        return self._in_float32(self.criterion, self.embedder(x), y)
+
+
+def build_model(experiment, in_channels: int, num_classes: int) -> Classifier:
+    """The network and loss an experiment names, freshly initialised from its seed."""
+    from .losses import make_loss
+
+    torch.manual_seed(experiment.seed)
+    if experiment.model == "resnet18":
+        embedder = ResNet18(in_channels, experiment.width, experiment.max_pool)
+    elif experiment.model == "smallcnn":
+        embedder = SmallCNN(in_channels, experiment.embedding_dim)
+    else:
+        raise ValueError(f"unknown model {experiment.model!r}; choose resnet18 or smallcnn")
+    criterion = make_loss(experiment.loss, embedder.embedding_dim, num_classes, **experiment.params)
+    return Classifier(embedder, criterion)

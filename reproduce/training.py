@@ -1,0 +1,212 @@
+"""The one training loop, for every loss and defence.
+
+SGD with the paper's plateau schedule or a one-cycle schedule; bf16 autocast and channels-last on
+CUDA; the last and the best-validation checkpoints each epoch; resume after a crash or a kill with
+the same final numbers; a non-finite loss ends the run as "diverged" instead of raising.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from .data import DataSplit, DeviceLoader, load_dataset
+from .defenses import crafting_spec, defense_loss
+from .models import Classifier, build_model
+from .store import RunStore, append_jsonl, load_checkpoint, save_checkpoint, write_json
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was asked for but CUDA is not available; use --device cpu")
+    return device
+
+
+def autocast(device: torch.device, enabled: bool = True):
+    """bf16 autocast on CUDA, a no-op elsewhere."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
+
+
+def data_for(experiment, root=None, test_limit=None) -> DataSplit:
+    return load_dataset(experiment.dataset, root, train_limit=experiment.train_limit,
+                        val_limit=experiment.val_limit, test_limit=test_limit)
+
+
+@torch.no_grad()
+def clean_accuracy(model, images, labels, batch_size: int = 500, device=None) -> float:
+    """Accuracy in eval mode, in percent, on uint8 or float images."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros((), device=device)
+    for x, y in DeviceLoader(images, labels, batch_size, device=device):
+        with autocast(torch.device(device)):
+            correct += (model(x).argmax(1) == y).sum()
+    model.train(was_training)
+    return 100.0 * correct.item() / max(len(labels), 1)
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return seed * 1_000_003 + epoch
+
+
+def _make_scheduler(optimizer, experiment, steps_per_epoch: int):
+    if experiment.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=experiment.lr,
+                                                   total_steps=experiment.epochs * steps_per_epoch,
+                                                   pct_start=0.25)
+    if experiment.schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.1,
+                                                          patience=experiment.plateau_patience)
+    return None
+
+
+@dataclass
+class TrainedRun:
+    experiment: object
+    model: Classifier
+    result: dict
+    run_dir: object
+
+    @property
+    def diverged(self) -> bool:
+        return self.result["status"] == "diverged"
+
+
+def load_trained(experiment, store: RunStore | None = None, device=None, num_classes: int = 10,
+                 in_channels: int | None = None) -> Classifier:
+    """The best-validation model of a finished run."""
+    store = store or RunStore()
+    device = resolve_device(device)
+    run_dir = store.run_dir(experiment)
+    result = store.result(experiment)
+    if result is None:
+        raise FileNotFoundError(f"{experiment.label} has not finished training; its run is {run_dir}")
+    model = build_model(experiment, result.get("in_channels", in_channels or 3),
+                        result.get("num_classes", num_classes))
+    state = load_checkpoint(run_dir / "best.pt")
+    model.load_state_dict(state["model"])
+    return model.to(device).eval()
+
+
+def train(experiment, store: RunStore | None = None, *, data: DataSplit | None = None, device=None,
+          data_root=None, progress: bool = True, stop_after_steps: int | None = None) -> TrainedRun:
+    """Train an experiment, or return it from the store when it has finished already.
+
+    `stop_after_steps` ends the process abruptly after that many optimiser steps (tests use it to
+    simulate a crash mid-epoch).
+    """
+    store = store or RunStore()
+    device = resolve_device(device)
+    run_dir = store.run_dir(experiment)
+    if store.is_done(experiment):
+        result = store.result(experiment)
+        model = load_trained(experiment, store, device) if result["status"] == "finished" else None
+        return TrainedRun(experiment, model, result, run_dir)
+
+    data = data or data_for(experiment, data_root)
+    if data.name != experiment.dataset:
+        raise ValueError(f"data is {data.name} but the experiment asks for {experiment.dataset}")
+    data = data.limit(experiment.train_limit, experiment.val_limit)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / "config.json", {"experiment": asdict(experiment), "key": experiment.key})
+
+    model = build_model(experiment, data.channels, data.num_classes).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=experiment.lr, momentum=experiment.momentum,
+                                weight_decay=experiment.weight_decay)
+    train_loader = DeviceLoader(data.x_train, data.y_train, min(experiment.batch_size, len(data.y_train)),
+                                shuffle=True, augment=experiment.augment, seed=experiment.seed, device=device,
+                                drop_last=True)
+    scheduler = _make_scheduler(optimizer, experiment, len(train_loader))
+    spec = crafting_spec(experiment)
+
+    start_epoch, best_val = 0, -1.0
+    last_path = run_dir / "last.pt"
+    if last_path.exists():
+        state = load_checkpoint(last_path)  # raises CheckpointError with the path if corrupted
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler"):
+            scheduler.load_state_dict(state["scheduler"])
+        start_epoch, best_val = state["epoch"], state["best_val"]
+        print(f"resuming {experiment.label} from epoch {start_epoch} ({last_path})")
+
+    steps_done = 0
+    status = "finished"
+    for epoch in range(start_epoch, experiment.epochs):
+        torch.manual_seed(_epoch_seed(experiment.seed, epoch))
+        train_loader.set_epoch(epoch)
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device)
+        seen = 0
+        t0 = time.perf_counter()
+        bar = tqdm(train_loader, desc=f"{experiment.label} epoch {epoch + 1}/{experiment.epochs}",
+                   disable=not progress, leave=False)
+        for step, (x, y) in enumerate(bar):
+            if device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast(device):
+                loss, logits = defense_loss(model, x, y, experiment.defense, spec, experiment.craft_bn_mode)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR):
+                scheduler.step()
+            loss_sum += loss.detach().float() * len(y)
+            correct += (logits.detach().argmax(1) == y).sum()
+            seen += len(y)
+            steps_done += 1
+            if stop_after_steps is not None and steps_done >= stop_after_steps:
+                import os
+
+                os._exit(1)  # what a crash looks like: no cleanup, no final write
+            if progress and step % 20 == 0:  # the only host-device syncs of the step loop
+                bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{100 * correct.item() / seen:.1f}",
+                                img_s=f"{seen / (time.perf_counter() - t0):.0f}")
+        train_loss = loss_sum.item() / max(seen, 1)
+        elapsed = time.perf_counter() - t0
+        if not math.isfinite(train_loss):
+            status = "diverged"
+            append_jsonl(run_dir / "metrics.jsonl", {"epoch": epoch + 1, "train_loss": train_loss, "diverged": True})
+            break
+        val_acc = clean_accuracy(model, data.x_val, data.y_val, device=device)
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            scheduler.step(train_loss)
+        record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "train_loss": train_loss,
+                  "train_acc": 100 * correct.item() / max(seen, 1), "val_acc": val_acc,
+                  "images_per_s": seen / elapsed, "seconds": elapsed}
+        append_jsonl(run_dir / "metrics.jsonl", record)
+        if progress:
+            print(f"{experiment.label} epoch {epoch + 1}: loss {train_loss:.3f} train acc {record['train_acc']:.1f}% "
+                  f"val acc {val_acc:.1f}% ({record['images_per_s']:.0f} img/s)")
+        if val_acc > best_val:
+            best_val = val_acc
+            save_checkpoint(run_dir / "best.pt", {"model": model.state_dict(), "epoch": epoch + 1})
+        save_checkpoint(last_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                                    "epoch": epoch + 1, "best_val": best_val})
+        # The plateau schedule ends early once the rate has fallen a thousandfold.
+        if experiment.schedule == "plateau" and optimizer.param_groups[0]["lr"] < experiment.lr * 1e-3 + 1e-12:
+            break
+
+    metrics = store.metrics(experiment)
+    result = {"status": status, "label": experiment.label, "key": experiment.key,
+              "best_val_acc": best_val if status == "finished" else None,
+              "epochs_run": len(metrics), "num_classes": data.num_classes, "in_channels": data.channels,
+              "train_seconds": sum(m.get("seconds", 0) for m in metrics)}
+    write_json(run_dir / "result.json", result)
+    if status == "diverged":
+        if progress:
+            print(f"{experiment.label}: loss became non-finite; the run is recorded as diverged ({run_dir})")
+        return TrainedRun(experiment, None, result, run_dir)
+    model.load_state_dict(load_checkpoint(run_dir / "best.pt")["model"])
+    return TrainedRun(experiment, model.eval(), result, run_dir)

@@ -1,0 +1,71 @@
+"""Shared fixtures: small datasets written in the real on-disk formats, and tiny experiments."""
+from __future__ import annotations
+
+import os
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+torch.set_num_threads(2)
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+needs_fashion = pytest.mark.skipif(not FASHION.is_dir(), reason="apt-get install dataset-fashion-mnist")
+
+
+def write_cifar10(root: Path, n_train: int = 500, n_test: int = 200, seed: int = 0) -> Path:
+    """CIFAR-10's python layout: five pickled training batches, a test batch and batches.meta.
+
+    Images carry a class-dependent colour so that a network can learn them in a few steps.
+    """
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def batch(n):
+        labels = rng.integers(0, 10, n)
+        base = (np.arange(10)[:, None] * np.array([25, 80, 140]) % 255)[labels]  # (n, 3) colour per class
+        images = base[:, :, None, None] + rng.integers(-40, 40, (n, 3, 32, 32))
+        flat = np.clip(images, 0, 255).astype(np.uint8).reshape(n, 3 * 32 * 32)
+        return {"data": flat, "labels": labels.tolist(), "batch_label": "x", "filenames": ["f"] * n}
+
+    sizes = [n_train // 5] * 5
+    sizes[-1] += n_train - sum(sizes)
+    for i, n in enumerate(sizes, 1):
+        (folder / f"data_batch_{i}").write_bytes(pickle.dumps(batch(n)))
+    (folder / "test_batch").write_bytes(pickle.dumps(batch(n_test)))
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": names}))
+    return root
+
+
+def write_idx(root: Path, folder: str = "MNIST", n_train: int = 300, n_test: int = 100, seed: int = 0) -> Path:
+    """MNIST's IDX layout (big-endian magic numbers and sizes) in torchvision's raw/ folder."""
+    rng = np.random.default_rng(seed)
+    raw = root / folder / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = rng.integers(0, 10, n).astype(np.uint8)
+        images = (rng.random((n, 28, 28)) * 60 + labels[:, None, None] * 20).astype(np.uint8)
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, n, 28, 28) + images.tobytes())
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, n) + labels.tobytes())
+    return root
+
+
+@pytest.fixture
+def cifar_root(tmp_path):
+    return write_cifar10(tmp_path / "data")
+
+
+@pytest.fixture(scope="session")
+def fashion():
+    """Debian's Fashion-MNIST, loaded once for the whole session."""
+    if not FASHION.is_dir():
+        pytest.skip("apt-get install dataset-fashion-mnist")
+    from reproduce.data import load_dataset
+
+    return load_dataset("fashion-mnist", Path(os.environ.get("REPRODUCE_DATA", "data")), test_limit=2000)

@@ -1,0 +1,147 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import needs_fashion
+
+from reproduce.config import make_experiment
+from reproduce.store import CheckpointError, RunStore, load_checkpoint, save_checkpoint
+from reproduce.training import clean_accuracy, train
+
+
+def tiny(loss="SM", defense="UM", **kw):
+    base = dict(width=8, epochs=2, batch_size=64, train_limit=None, val_limit=None)
+    base.update(kw)
+    return make_experiment(loss, defense, "smoke", "cifar10", **base)
+
+
+def test_experiment_hash_is_stable_and_sensitive():
+    a, b = tiny(), tiny()
+    assert a.key == b.key and a.run_name == b.run_name
+    assert tiny(lr=0.05).key != a.key
+    assert tiny("AAML", loss_params={"s": 4.0}).key != tiny("AAML").key
+    # a parameter at its default names the same model as no parameter
+    assert tiny("AAML", loss_params={"s": 2.0, "m": 0.2}).key == tiny("AAML").key
+
+
+def test_bad_input_is_rejected_before_compute():
+    with pytest.raises(ValueError, match="unknown loss"):
+        tiny("Softmax")
+    with pytest.raises(ValueError, match="unknown defense"):
+        tiny(defense="TRADES")
+    with pytest.raises(ValueError, match="no parameter"):
+        tiny("AAML", loss_params={"margin": 0.3})
+    with pytest.raises(ValueError, match="attack_eps"):
+        tiny(attack_eps=8.0)
+
+
+def test_checkpoint_corruption_and_truncation_are_reported_with_path(tmp_path):
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"w": torch.arange(1000.0)})
+    assert torch.equal(load_checkpoint(path)["w"], torch.arange(1000.0))
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=str(path)):
+        load_checkpoint(path)
+    path.write_bytes(bytes(data[: len(data) // 3]))
+    with pytest.raises(CheckpointError, match="corrupted or truncated"):
+        load_checkpoint(path)
+
+
+def test_checkpoint_never_unpickles_code(tmp_path):
+    path = tmp_path / "evil.pt"
+    save_checkpoint(path, {"f": os.getcwd})  # a function is not a tensor: weights_only refuses it
+    with pytest.raises(CheckpointError):
+        load_checkpoint(path)
+
+
+def test_finished_run_is_returned_not_retrained(tmp_path, cifar_root):
+    store = RunStore(tmp_path / "runs")
+    exp = tiny()
+    first = train(exp, store, data_root=cifar_root, progress=False)
+    assert first.result["status"] == "finished"
+    files = {p.name: p.stat().st_mtime_ns for p in first.run_dir.iterdir()}
+    second = train(exp, store, data_root=cifar_root, progress=False)
+    assert {p.name: p.stat().st_mtime_ns for p in second.run_dir.iterdir()} == files
+    assert all(torch.equal(p, q) for p, q in zip(first.model.parameters(), second.model.parameters()))
+    config = json.loads((first.run_dir / "config.json").read_text())
+    assert config["key"] == exp.key
+    assert len(store.metrics(exp)) == 2
+
+
+def test_divergence_is_recorded_not_raised(tmp_path, cifar_root):
+    store = RunStore(tmp_path / "runs")
+    run = train(tiny("AAML", lr=1e8, schedule="constant"), store, data_root=cifar_root, progress=False)
+    assert run.diverged and run.model is None
+    assert store.result(run.experiment)["status"] == "diverged"
+
+
+def _train_cmd(store, data_root, extra=()):
+    return [sys.executable, "-m", "reproduce", "train", "--dataset", "cifar10", "--profile", "smoke",
+            "--runs", str(store), "--data", str(data_root), "--epochs", "3", "--device", "cpu", "--quiet",
+            "--lr", "0.05", *extra]
+
+
+def _final_state(store_root):
+    run_dir = next(p for p in store_root.iterdir() if p.is_dir())
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    for m in metrics:
+        m.pop("seconds"), m.pop("images_per_s")
+    return metrics, load_checkpoint(run_dir / "best.pt")["model"], run_dir
+
+
+def test_sigkill_mid_epoch_then_resume_gives_the_same_numbers(tmp_path):
+    from conftest import write_cifar10
+
+    data_root = write_cifar10(tmp_path / "data", n_train=3000, n_test=50)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    subprocess.run(_train_cmd(tmp_path / "ref", data_root), check=True, env=env, capture_output=True)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_train_cmd(killed, data_root), env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait until epoch 1 is on disk, then kill during epoch 2
+        runs = list(killed.glob("*/metrics.jsonl")) if killed.exists() else []
+        if runs and runs[0].read_text().count("\n") >= 1:
+            break
+        time.sleep(0.01)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    run_dir = next(killed.iterdir())
+    assert not (run_dir / "result.json").exists(), "the run finished before it could be killed"
+
+    resumed = subprocess.run(_train_cmd(killed, data_root), check=True, env=env, capture_output=True, text=True)
+    assert "resuming" in resumed.stdout
+    ref_metrics, ref_weights, _ = _final_state(tmp_path / "ref")
+    metrics, weights, _ = _final_state(killed)
+    assert metrics == ref_metrics
+    assert all(torch.equal(ref_weights[k], weights[k]) for k in ref_weights)
+
+
+def test_corrupted_last_checkpoint_stops_resume_with_its_path(tmp_path, cifar_root):
+    store = RunStore(tmp_path / "runs")
+    exp = tiny(epochs=3)
+    train(exp, store, data_root=cifar_root, progress=False)
+    run_dir = store.run_dir(exp)
+    (run_dir / "result.json").unlink()  # pretend it stopped early
+    (run_dir / "last.pt").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="last.pt"):
+        train(exp, store, data_root=cifar_root, progress=False)
+
+
+@needs_fashion
+@pytest.mark.slow
+def test_smoke_softmax_reaches_80_percent_on_fashion_mnist(tmp_path, fashion):
+    exp = make_experiment("SM", "UM", "smoke", "fashion-mnist")
+    start = time.perf_counter()
+    run = train(exp, RunStore(tmp_path), data=fashion, device="cpu", progress=False)
+    assert time.perf_counter() - start < 300
+    assert clean_accuracy(run.model, fashion.x_test, fashion.y_test) >= 80.0
