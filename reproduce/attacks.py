@@ -87,13 +87,11 @@ def _per_example(t: torch.Tensor) -> tuple:
 
 def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str = "linf") -> torch.Tensor:
     """Onto the eps-ball around x, then into [0, 1]."""
+    if norm == "linf":  # min/max rather than x + clamp(delta): no round-off on pixels already inside
+        return torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)
     delta = x_adv - x
-    if norm == "linf":
-        delta = delta.clamp(-eps, eps)
-    else:
-        norms = delta.flatten(1).norm(dim=1).view(_per_example(x))
-        delta = delta * torch.clamp(eps / (norms + 1e-12), max=1.0)
-    return (x + delta).clamp(0, 1)
+    norms = delta.flatten(1).norm(dim=1).view(_per_example(x))
+    return (x + delta * torch.clamp(eps / (norms + 1e-12), max=1.0)).clamp(0, 1)
 
 
 def _ascent_direction(grad: torch.Tensor, norm: str) -> torch.Tensor:

@@ -69,3 +69,14 @@ def fashion():
     from reproduce.data import load_dataset
 
     return load_dataset("fashion-mnist", Path(os.environ.get("REPRODUCE_DATA", "data")), test_limit=2000)
+
+
+@pytest.fixture(scope="session")
+def fashion_model(fashion, tmp_path_factory):
+    """A smoke ResNet-18 trained for one epoch on Fashion-MNIST (about ten seconds on 2 cores)."""
+    from reproduce.config import make_experiment
+    from reproduce.store import RunStore
+    from reproduce.training import train
+
+    exp = make_experiment("SM", "UM", "smoke", "fashion-mnist", epochs=1)
+    return train(exp, RunStore(tmp_path_factory.mktemp("runs")), data=fashion, device="cpu", progress=False).model

@@ -1,0 +1,69 @@
+"""Our attacks against torchattacks on a model trained on real data."""
+import pytest
+import torch
+import torchattacks
+
+from reproduce.attacks import EPS, STEP, AttackSpec, attack
+from reproduce.evaluation import robust_accuracy
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def batch(fashion):
+    return fashion.x_test[:300].float() / 255, fashion.y_test[:300]
+
+
+def _acc(model, x, y):
+    with torch.no_grad():
+        return 100 * (model(x).argmax(1) == y).float().mean().item()
+
+
+def test_fgsm_identical(fashion_model, batch):
+    x, y = batch
+    ours = attack(fashion_model, x, y, AttackSpec("fgsm", eps=EPS, step=EPS))
+    theirs = torchattacks.FGSM(fashion_model, eps=EPS)(x, y)
+    assert torch.allclose(ours, theirs, atol=1e-6)
+
+
+def test_bim_identical(fashion_model, batch):
+    x, y = batch
+    ours = attack(fashion_model, x, y, AttackSpec("bim", eps=EPS, step=STEP, steps=7))
+    theirs = torchattacks.BIM(fashion_model, eps=EPS, alpha=STEP, steps=7)(x, y)
+    assert torch.allclose(ours, theirs, atol=1e-6)
+
+
+def test_mim_matches_mifgsm_with_per_example_normalisation(fashion_model, batch):
+    x, y = batch
+    ours = attack(fashion_model, x, y, AttackSpec("mim", eps=EPS, step=STEP, steps=10, momentum=0.9))
+    theirs = torchattacks.MIFGSM(fashion_model, eps=EPS, alpha=STEP, steps=10, decay=0.9)(x, y)
+    same = torch.isclose(ours, theirs, atol=1e-6).float().mean().item()
+    assert same > 0.999  # sign ties at float round-off may flip a handful of pixels
+    assert abs(_acc(fashion_model, ours, y) - _acc(fashion_model, theirs, y)) <= 0.5
+
+
+def test_pgd20_and_mim40_accuracies_agree(fashion_model, batch):
+    x, y = batch
+    torch.manual_seed(0)
+    ours = _acc(fashion_model, attack(fashion_model, x, y, AttackSpec("pgd", steps=20, random_start=True)), y)
+    theirs = _acc(fashion_model, torchattacks.PGD(fashion_model, eps=EPS, alpha=STEP, steps=20)(x, y), y)
+    assert abs(ours - theirs) <= 2.0
+    ours_mim = _acc(fashion_model, attack(fashion_model, x, y, AttackSpec("mim", steps=40)), y)
+    theirs_mim = _acc(fashion_model, torchattacks.MIFGSM(fashion_model, eps=EPS, alpha=STEP, steps=40, decay=0.9)(x, y), y)
+    assert abs(ours_mim - theirs_mim) <= 2.0
+
+
+def test_20pgd_is_at_most_single_restart_pgd20(fashion_model, batch):
+    x, y = batch
+    torch.manual_seed(1)
+    restarts = robust_accuracy(fashion_model, x, y, AttackSpec("pgd", steps=20, random_start=True, restarts=5))
+    single = _acc(fashion_model, torchattacks.PGD(fashion_model, eps=EPS, alpha=STEP, steps=20)(x, y), y)
+    assert restarts <= single + 0.5
+
+
+def test_robust_accuracy_never_exceeds_clean(fashion_model, batch):
+    x, y = batch
+    clean = robust_accuracy(fashion_model, x, y, None)
+    for spec in (AttackSpec("fgsm", step=EPS), AttackSpec("pgd", steps=7, random_start=True)):
+        assert robust_accuracy(fashion_model, x, y, spec) <= clean
+    assert robust_accuracy(fashion_model, x, y, AttackSpec("pgd", eps=0.0)) == clean
