@@ -58,9 +58,9 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 def _make_scheduler(optimizer, experiment, steps_per_epoch: int):
     if experiment.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=experiment.lr,
-                                                   total_steps=experiment.epochs * steps_per_epoch,
-                                                   pct_start=0.25)
+        total = max(experiment.epochs * steps_per_epoch, 4)  # tiny runs: at least one step up and down
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=experiment.lr, total_steps=total,
+                                                   pct_start=max(0.25, 2 / total))
     if experiment.schedule == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.1,
                                                           patience=experiment.plateau_patience)
