@@ -1,5 +1,6 @@
 """python -m reproduce COMMAND: a thin shell over the package.
 
+  run     every notebook in order, headless (what `make reproduce` does)
   train   one experiment (prints where its run lives)
   grid    every experiment a table needs, skipping what the store has
 """
@@ -74,10 +75,23 @@ def cmd_grid(args) -> int:
     return 0
 
 
+def cmd_run(args) -> int:
+    from .runner import run_notebooks
+
+    return run_notebooks(args.profile_arg, args.dataset, device=args.device, runs_dir=args.runs or "runs",
+                         data_dir=args.data or "data", figures_dir=args.figures, only=args.only)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m reproduce", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run every notebook in order (make reproduce)")
+    _common(p)
+    p.add_argument("--figures", default="figures", help="where tables and figures go (default ./figures)")
+    p.add_argument("--only", nargs="*", help="run only these notebooks (e.g. 03 04)")
+    p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("train", help="train one experiment")
     _common(p)
@@ -98,7 +112,8 @@ def main(argv=None) -> int:
     p.set_defaults(func=cmd_grid)
 
     args = parser.parse_args(argv)
-    if getattr(args, "profile", "x") is None:
+    args.profile_arg = args.profile  # `run` explains its own default
+    if args.profile is None:
         args.profile = default_profile_name()
     try:
         return args.func(args)

@@ -53,7 +53,10 @@ def default_profile_name() -> str:
     return "quick" if torch.cuda.is_available() else "smoke"
 
 
-def get_profile(name: str | None = None, **overrides) -> Profile:
+def get_profile(name: str | Profile | None = None, **overrides) -> Profile:
+    """A profile by name (or as given), with some budgets overridden, e.g. get_profile("smoke", epochs=1)."""
+    if isinstance(name, Profile):
+        return dataclasses.replace(name, **overrides) if overrides else name
     name = name or default_profile_name()
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}")

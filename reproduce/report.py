@@ -1,0 +1,143 @@
+"""What the notebooks call: output folders, the manifest, and each figure of the paper.
+
+Outputs of a run go to figures/<dataset>-<profile>/ so runs of different profiles or datasets never
+overwrite each other.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from . import figures
+from .attacks import AttackSpec
+from .config import get_profile, make_experiment
+from .data import DatasetMissing, load_dataset
+from .grid import table1_experiments, train_all
+from .losses import PAPER_LOSSES
+from .store import RunStore, write_json
+from .training import load_trained
+
+
+def output_dir(dataset: str, profile, root: str | Path = "figures") -> Path:
+    out = Path(root) / f"{dataset}-{get_profile(profile).name}"
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def update_manifest(out_dir: Path, **fields) -> dict:
+    """Merge fields into manifest.json (dicts are merged one level deep)."""
+    path = Path(out_dir) / "manifest.json"
+    manifest = json.loads(path.read_text()) if path.exists() else {}
+    for k, v in fields.items():
+        if isinstance(v, dict) and isinstance(manifest.get(k), dict):
+            manifest[k].update(v)
+        else:
+            manifest[k] = v
+    write_json(path, manifest)
+    return manifest
+
+
+def record_experiments(out_dir: Path, experiments, store: RunStore) -> None:
+    entries = {}
+    for e in experiments:
+        result = store.result(e)
+        entries[e.run_name] = {"label": e.label, "key": e.key, "loss_params": dict(e.loss_params),
+                               "seed": e.seed, "status": result["status"] if result else "missing"}
+    update_manifest(out_dir, experiments=entries)
+
+
+def small_dataset(data_root=None, prefer: str = "mnist") -> str:
+    """MNIST when its files are there, else Fashion-MNIST (works offline with Debian's package)."""
+    try:
+        load_dataset(prefer, data_root, download=False)
+        return prefer
+    except DatasetMissing:
+        return "fashion-mnist"
+
+
+# ------------------------------------------------------------------ figures of the paper
+
+def fig_training_curves(profile, dataset: str, store: RunStore, out_dir: Path):
+    metrics = {e.label: store.metrics(e) for e in table1_experiments(profile, dataset)}
+    return figures.training_curves(metrics, Path(out_dir) / "fig_training_curves.png", get_profile(profile).name)
+
+
+def _subsample(data, n: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(data.y_test), generator=g)[:n]
+    return data.x_test[idx], data.y_test[idx]
+
+
+def _um(loss, profile, dataset, store, device):
+    return load_trained(make_experiment(loss, "UM", profile, dataset), store, device)
+
+
+def fig1_tsne(profile, dataset: str, data, store: RunStore, out_dir: Path, n_points: int = 1000,
+              device=None, eps: float = 8 / 255):
+    """t-SNE of the embedding of random test images, SM vs AAML (UM), clean vs FGSM; coloured by true class."""
+    x, y = _subsample(data, n_points)
+    fgsm = AttackSpec("fgsm", eps=eps, step=eps)
+    panels = {}
+    for loss in ("SM", "AAML"):
+        model = _um(loss, profile, dataset, store, device)
+        for name, spec in (("clean", None), ("FGSM", fgsm)):
+            emb, _ = figures.embeddings(model, x, y, spec)
+            panels[f"{loss}-UM, {name}"] = (figures.tsne(emb), y.numpy())
+    return figures.scatter_panels(panels, data.classes, Path(out_dir) / "fig1_tsne_sm_vs_aaml.png", ncols=2,
+                                  profile=get_profile(profile).name, colour_title="true class",
+                                  suptitle=f"t-SNE of the embedding, {len(y)} test images (eps {eps * 255:.0f}/255)")
+
+
+def fig2_tsne_airplane(profile, dataset: str, data, store: RunStore, out_dir: Path, class_index: int = 0,
+                       device=None, eps: float = 8 / 255):
+    """t-SNE of the embeddings of FGSM images whose true class is `class_index` (airplane on CIFAR-10),
+    one panel per loss, coloured by the predicted class."""
+    mask = data.y_test == class_index
+    x, y = data.x_test[mask], data.y_test[mask]
+    fgsm = AttackSpec("fgsm", eps=eps, step=eps)
+    panels = {}
+    for loss in PAPER_LOSSES:
+        emb, pred = figures.embeddings(_um(loss, profile, dataset, store, device), x, y, fgsm)
+        still_right = 100 * (pred == class_index).mean()
+        panels[f"{loss}-UM ({still_right:.0f}% still {data.classes[class_index]})"] = (figures.tsne(emb), pred)
+    return figures.scatter_panels(panels, data.classes, Path(out_dir) / "fig2_tsne_airplane_fgsm.png", ncols=5,
+                                  profile=get_profile(profile).name, colour_title="predicted class",
+                                  suptitle=f"FGSM images of true class '{data.classes[class_index]}' "
+                                           f"({len(y)} test images), coloured by prediction")
+
+
+def fig_losses_2d(dataset: str, profile, store: RunStore, out_dir: Path, losses, epochs: int = 2,
+                  train_limit: int | None = 10000, n_points: int = 2000, device=None, data_root=None):
+    """Train the small CNN with a 2-d embedding under each loss and plot the test embeddings."""
+    exps = [make_experiment(loss, "UM", profile, dataset, model="smallcnn", embedding_dim=2, epochs=epochs,
+                            train_limit=train_limit, lr=0.05, augment=False) for loss in losses]
+    runs = train_all(exps, store, device=device, data_root=data_root, progress=False)
+    data = load_dataset(dataset, data_root)
+    x, y = _subsample(data, n_points)
+    panels, accuracy = {}, {}
+    for exp, run in runs.items():
+        if run.model is None:
+            continue
+        emb, pred = figures.embeddings(run.model, x, y)
+        accuracy[exp.loss] = float(100 * (pred == y.numpy()).mean())
+        panels[f"{exp.loss} ({accuracy[exp.loss]:.0f}% test acc.)"] = (emb, y.numpy())
+    fig = figures.scatter_panels(panels, data.classes, Path(out_dir) / "fig_losses_2d_embeddings.png", ncols=4,
+                                 profile=get_profile(profile).name, suptitle=f"2-d embeddings of {dataset} test images, one per loss")
+    return fig, accuracy
+

@@ -1,0 +1,78 @@
+"""`python -m reproduce run`: execute the notebooks in order, headless, through papermill.
+
+Stops at the first failure and names the notebook, the cell and the error. Everything a notebook
+trains or evaluates is cached in the run store, so a second run continues where the first stopped.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from .config import get_profile
+from .data import DatasetMissing, check_dataset
+from .report import git_commit, now, output_dir, update_manifest
+from .training import resolve_device
+
+REPO = Path(__file__).resolve().parent.parent
+NOTEBOOKS = ("01_losses.ipynb", "02_training.ipynb", "03_white_box.ipynb", "04_black_box.ipynb",
+             "05_hyperparameter_sweeps.ipynb", "06_appendix_ablations.ipynb")
+
+
+def choose_profile(profile: str | None) -> str:
+    """The profile asked for; else quick on a CUDA machine and smoke elsewhere, saying why."""
+    import os
+
+    import torch
+
+    profile = profile or os.environ.get("PROFILE")
+    if profile:
+        get_profile(profile)  # unknown names fail here, before any work
+        return profile
+    chosen = "quick" if torch.cuda.is_available() else "smoke"
+    why = "CUDA is available" if chosen == "quick" else "no CUDA device was found"
+    print(f"profile: {chosen} ({why}; set PROFILE=smoke|quick|paper to choose)")
+    return chosen
+
+
+def run_notebooks(profile: str | None = None, dataset: str = "cifar10", *, device: str | None = None,
+                  runs_dir: str | Path = "runs", data_dir: str | Path = "data", figures_dir: str | Path = "figures",
+                  notebooks_dir: str | Path | None = None, only: list[str] | None = None,
+                  profile_overrides: dict | None = None) -> int:
+    """Run the notebooks; `profile_overrides` changes budgets of the profile (e.g. {"epochs": 1})."""
+    import papermill
+
+    profile = choose_profile(profile)
+    runs_dir, data_dir, figures_dir = (Path(p).resolve() for p in (runs_dir, data_dir, figures_dir))
+    try:
+        check_dataset(dataset, data_dir)  # in seconds, before any notebook starts
+    except DatasetMissing as e:
+        print(f"error: {e}")
+        return 2
+    device = str(resolve_device(device))
+    notebooks_dir = Path(notebooks_dir or REPO / "notebooks")
+    executed_dir = runs_dir / "notebooks" / f"{dataset}-{profile}"
+    executed_dir.mkdir(parents=True, exist_ok=True)
+    out = output_dir(dataset, profile, figures_dir)
+    update_manifest(out, profile=profile, dataset=dataset, commit=git_commit(), device=device, start_time=now(),
+                    end_time=None)
+    params = dict(profile=profile, dataset=dataset, device=device, runs_dir=str(runs_dir),
+                  data_dir=str(data_dir), figures_dir=str(figures_dir), profile_overrides=profile_overrides or {})
+    names = [n for n in NOTEBOOKS if not only or n in only or n.split("_")[0] in only]
+    total_start = time.perf_counter()
+    for i, name in enumerate(names, 1):
+        start = time.perf_counter()
+        print(f"[{i}/{len(names)}] {name} ...", flush=True)
+        try:
+            papermill.execute_notebook(str(notebooks_dir / name), str(executed_dir / name), parameters=params,
+                                       kernel_name="python3", progress_bar=False, cwd=str(notebooks_dir))
+        except papermill.PapermillExecutionError as e:
+            print(f"FAILED: {name}, cell {e.exec_count or e.cell_index}: {e.ename}: {e.evalue}\n"
+                  f"The executed notebook, with the traceback, is {executed_dir / name}. "
+                  "Fix the cause and run again: finished work is kept.")
+            update_manifest(out, failed={"notebook": name, "cell": e.cell_index, "error": f"{e.ename}: {e.evalue}"})
+            return 1
+        print(f"[{i}/{len(names)}] {name} done in {time.perf_counter() - start:.0f} s", flush=True)
+    update_manifest(out, end_time=now(), failed=None, wall_seconds=round(time.perf_counter() - total_start, 1))
+    print(f"all notebooks ran in {time.perf_counter() - total_start:.0f} s; tables and figures in {out}; "
+          f"executed notebooks in {executed_dir}")
+    return 0
