@@ -1,0 +1,147 @@
+"""The ablations of the ABCL appendix (A to D). The HT-SCE and AB losses are reconstructions: see
+losses.HypersphereLoss and the README for which choices are guesses and which parameter sets each.
+
+Each function trains what it needs through the grid (so the store caches it), writes its figure and
+a CSV of every number behind it into `out_dir`, and returns the numbers as a DataFrame.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import figures
+from .attacks import AttackSpec
+from .config import get_profile, make_experiment
+from .data import load_dataset
+from .evaluation import white_box
+from .grid import train_all
+
+# MNIST strengths are not given in the appendix: the usual MNIST L-inf budget, and an L2 budget
+# of the same visual order.
+MNIST_BIM = AttackSpec("bim", eps=0.3, step=0.03, steps=10, label="BIM L-inf (eps 0.3)")
+MNIST_FGSM_L2 = AttackSpec("fgsm", eps=2.0, step=2.0, norm="l2", label="FGSM L2 (eps 2.0)")
+CIFAR_ATTACKS = [AttackSpec("fgsm", step=8 / 255, label="fgsm"), AttackSpec("bim", steps=7, label="bim7"),
+                 AttackSpec("pgd", steps=7, random_start=True, label="pgd7")]
+
+
+def _small_cnn(loss, profile, dataset, embedding_dim, loss_params=None, epochs=None):
+    prof = get_profile(profile)
+    return make_experiment(loss, "UM", prof, dataset, model="smallcnn", embedding_dim=embedding_dim,
+                           loss_params=loss_params, epochs=epochs or min(prof.epochs, 10), lr=0.05, augment=False)
+
+
+def _sample(images, labels, n, seed=0):
+    idx = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))[:n]
+    return images[idx], labels[idx]
+
+
+def feature_norm(dataset, profile, store, out_dir, scale: float = 4.0, n_points: int = 2000, device=None,
+                 data_root=None) -> pd.DataFrame:
+    """Appendix A: CosFace with 2-d features, the scale left to the feature norm (free) or fixed to s.
+    Errors should gather near the origin when the norm is free."""
+    variants = {"free norm (scale = ||f||)": {"s": None}, f"fixed norm (scale s = {scale:g})": {"s": scale}}
+    exps = {name: _small_cnn("CosFace", profile, dataset, 2, params) for name, params in variants.items()}
+    runs = train_all(list(exps.values()), store, device=device, data_root=data_root, progress=False)
+    data = load_dataset(dataset, data_root)
+    panels, marks, rows = {}, {}, []
+    for name, exp in exps.items():
+        model = runs[exp].model
+        for part, (x, y) in (("train", _sample(data.x_train, data.y_train, n_points)),
+                             ("test", _sample(data.x_test, data.y_test, n_points))):
+            emb, pred = figures.embeddings(model, x, y)
+            wrong = pred != y.numpy()
+            norms = np.linalg.norm(emb, axis=1)
+            rows.append({"model": name, "part": part, "accuracy": 100 * (1 - wrong.mean()),
+                         "mean_norm_correct": norms[~wrong].mean() if (~wrong).any() else np.nan,
+                         "mean_norm_misclassified": norms[wrong].mean() if wrong.any() else np.nan})
+            r = rows[-1]
+            title = (f"{name}, {part}\n|f| correct {r['mean_norm_correct']:.2f}, "
+                     f"wrong {r['mean_norm_misclassified']:.2f}")
+            panels[title], marks[title] = (emb, y.numpy()), wrong
+    df = pd.DataFrame(rows)
+    df.to_csv(Path(out_dir) / "appendix_a_feature_norm.csv", index=False, float_format="%.4f")
+    figures.scatter_panels(panels, data.classes, Path(out_dir) / "appendix_a_feature_norm.png", ncols=2,
+                           profile=get_profile(profile).name, mark=marks,
+                           suptitle=f"Appendix A: 2-d CosFace features on {dataset} (crosses: misclassified)")
+    return df
+
+
+def k1k2_grid(dataset, profile, store, out_dir, k1_values=(0, 64, 512), k2_values=(0, 8, 64), defense="UM",
+              device=None, data_root=None) -> pd.DataFrame:
+    """Appendix B: HT-SCE+AB over a grid of (k1, k2), clean and under each attack; a heatmap per attack."""
+    prof = get_profile(profile)
+    exps = {(k1, k2): make_experiment("HT-SCE+AB", defense, prof, dataset, loss_params={"k1": float(k1), "k2": float(k2)})
+            for k1 in k1_values for k2 in k2_values}
+    df = _evaluate_grid(exps, prof, store, device, data_root, dataset, ("k1", "k2"))
+    df.to_csv(Path(out_dir) / "appendix_b_k1k2_grid.csv", index=False, float_format="%.2f")
+    columns = ["clean"] + [s.column for s in CIFAR_ATTACKS]
+    fig, axes = figures.plt.subplots(1, len(columns), figsize=(4.2 * len(columns), 3.6))
+    for ax, col in zip(axes, columns):
+        pivot = df.pivot(index="k1", columns="k2", values=col)
+        figures.heatmap(pivot, ax=ax, title=col, xlabel="k2 (weight of L_O)", ylabel="k1 (weight of L_I)",
+                        vmin=0, vmax=100)
+    fig.suptitle(f"Appendix B: HT-SCE+AB ({defense}) accuracy (%) on {dataset}; (0, 0) is plain HT-SCE")
+    fig.tight_layout()
+    figures.stamp(fig, prof.name)
+    figures.save(fig, Path(out_dir) / "appendix_b_k1k2_grid.png")
+    return df
+
+
+def scale_sweep(dataset, profile, store, out_dir, scales=(1, 2, 4, 6, 8, 10), loss="HT-SCE", defense="UM",
+                device=None, data_root=None) -> pd.DataFrame:
+    """Appendix C: accuracy against the scale s of the SCE-based basis loss."""
+    prof = get_profile(profile)
+    exps = {(s,): make_experiment(loss, defense, prof, dataset, loss_params={"s": float(s)}) for s in scales}
+    df = _evaluate_grid(exps, prof, store, device, data_root, dataset, ("s",))
+    df.to_csv(Path(out_dir) / "appendix_c_scale_sweep.csv", index=False, float_format="%.2f")
+    curves = {col: dict(zip(df["s"], df[col])) for col in ["clean"] + [s.column for s in CIFAR_ATTACKS]}
+    figures.line_panels(curves, "scale s", Path(out_dir) / "appendix_c_scale_sweep.png", profile=prof.name,
+                        title=f"Appendix C: {loss} ({defense}) on {dataset} against s")
+    return df
+
+
+def _evaluate_grid(exps: dict, prof, store, device, data_root, dataset, key_names) -> pd.DataFrame:
+    runs = train_all(list(exps.values()), store, device=device, data_root=data_root, progress=False)
+    data = load_dataset(dataset, data_root)
+    x, y = data.x_test[:prof.test_limit], data.y_test[:prof.test_limit]
+    rows = []
+    for key, exp in exps.items():
+        run = runs[exp]
+        row = dict(zip(key_names, key))
+        if run.model is None:
+            row.update({c: np.nan for c in ["clean"] + [s.column for s in CIFAR_ATTACKS]}, status="diverged")
+        else:
+            row.update(white_box(run.model, x, y, CIFAR_ATTACKS, progress=False), status="finished")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def tsne_grid(dataset, profile, store, out_dir, n_points: int = 1000, device=None, data_root=None) -> pd.DataFrame:
+    """Appendix D: t-SNE of 10-d small-CNN features, rows SCE / CosFace / HT-SCE+AB, columns train, test,
+    BIM (L-inf) and FGSM (L2) adversarial test images, coloured by true class."""
+    prof = get_profile(profile)
+    rows = {"SCE": "SM", "CosFace": "CosFace", "HT-SCE+AB": "HT-SCE+AB"}
+    exps = {name: _small_cnn(loss, prof, dataset, 10) for name, loss in rows.items()}
+    runs = train_all(list(exps.values()), store, device=device, data_root=data_root, progress=False)
+    data = load_dataset(dataset, data_root)
+    train_xy = _sample(data.x_train, data.y_train, n_points)
+    test_xy = _sample(data.x_test, data.y_test, n_points)
+    columns = (("train", train_xy, None), ("test", test_xy, None), (MNIST_BIM.label, test_xy, MNIST_BIM),
+               (MNIST_FGSM_L2.label, test_xy, MNIST_FGSM_L2))
+    panels, records = {}, []
+    for name, exp in exps.items():
+        model = runs[exp].model
+        for col, (x, y), spec in columns:
+            emb, pred = figures.embeddings(model, x, y, spec)
+            acc = 100 * (pred == y.numpy()).mean()
+            panels[f"{name}: {col}\n(accuracy {acc:.0f}%)"] = (figures.tsne(emb), y.numpy())
+            records.append({"loss": name, "images": col, "accuracy": acc})
+    df = pd.DataFrame(records)
+    df.to_csv(Path(out_dir) / "appendix_d_tsne_mnist.csv", index=False, float_format="%.2f")
+    figures.scatter_panels(panels, data.classes, Path(out_dir) / "appendix_d_tsne_mnist.png", ncols=4,
+                           profile=prof.name, colour_title="true class",
+                           suptitle=f"Appendix D: t-SNE of 10-d features on {dataset}")
+    return df
