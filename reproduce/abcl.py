@@ -73,7 +73,8 @@ def k1k2_grid(dataset, profile, store, out_dir, k1_values=(0, 64, 512), k2_value
               device=None, data_root=None) -> pd.DataFrame:
     """Appendix B: HT-SCE+AB over a grid of (k1, k2), clean and under each attack; a heatmap per attack."""
     prof = get_profile(profile)
-    exps = {(k1, k2): make_experiment("HT-SCE+AB", defense, prof, dataset, loss_params={"k1": float(k1), "k2": float(k2)})
+    exps = {(k1, k2): make_experiment("HT-SCE+AB", defense, prof, dataset,
+                                      loss_params={"k1": float(k1), "k2": float(k2)})
             for k1 in k1_values for k2 in k2_values}
     df = _evaluate_grid(exps, prof, store, device, data_root, dataset, ("k1", "k2"))
     df.to_csv(Path(out_dir) / "appendix_b_k1k2_grid.csv", index=False, float_format="%.2f")

@@ -73,12 +73,13 @@ def attack_mode(model: nn.Module, train_mode: bool = False):
         model.train(was_training)
 
 
-def input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """d CE / d x, without touching the parameters' .grad."""
+def input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, with_correct: bool = False):
+    """d CE / d x, without touching the parameters' .grad; optionally also which examples the model
+    still classifies correctly at x (from the same forward pass, at no extra cost)."""
     x = x.detach().requires_grad_(True)
-    loss = F.cross_entropy(model(x).float(), y, reduction="sum")
-    (grad,) = torch.autograd.grad(loss, x)
-    return grad
+    logits = model(x).float()
+    (grad,) = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), x)
+    return (grad, logits.detach().argmax(1) == y) if with_correct else grad
 
 
 def _per_example(t: torch.Tensor) -> tuple:
@@ -100,7 +101,7 @@ def _ascent_direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
     return grad / (grad.flatten(1).norm(dim=1).view(_per_example(grad)) + 1e-12)
 
 
-def fgsm(model, x, y, spec: AttackSpec, start=None):
+def fgsm(model, x, y, spec: AttackSpec, start=None, stop_when_broken: bool = False):
     """One step of size eps along the gradient's sign (L-inf) or its direction (L2)."""
     return project(x + spec.eps * _ascent_direction(input_gradient(model, x, y), spec.norm), x, spec.eps, spec.norm)
 
@@ -110,34 +111,59 @@ def random_start(x: torch.Tensor, spec: AttackSpec) -> torch.Tensor | None:
     return torch.empty_like(x).uniform_(-spec.eps, spec.eps) if spec.random_start else None
 
 
-def pgd(model, x, y, spec: AttackSpec, start: torch.Tensor | None = None):
+def pgd(model, x, y, spec: AttackSpec, start: torch.Tensor | None = None, stop_when_broken: bool = False):
     """Iterated signed-gradient steps, projected every step; BIM is the same without random start.
     `start` is the random start offset; drawn here when the spec asks for one and none is given."""
     if start is None:
         start = random_start(x, spec)
     x_adv = x.clone() if start is None else project(x + start, x, spec.eps, spec.norm)
+    return _iterate(model, x, y, x_adv, spec, stop_when_broken, lambda grad, _: grad)
+
+
+def _iterate(model, x, y, x_adv, spec, stop_when_broken, direction):
+    """The loop of the iterative attacks. `direction(grad, active)` turns the gradient of the active
+    examples into the step direction (MIM keeps its momentum there). With `stop_when_broken`, an
+    example leaves the loop at the first iterate the model gets wrong, which it keeps: the attack is
+    never weaker and spends no more work on it."""
+    active = None  # None: every example (no gather or scatter needed)
     for _ in range(spec.steps):
-        x_adv = project(x_adv + spec.step * _ascent_direction(input_gradient(model, x_adv, y), spec.norm),
-                        x, spec.eps, spec.norm)
+        xa, xs, ya = (x_adv, x, y) if active is None else (x_adv[active], x[active], y[active])
+        grad, correct = input_gradient(model, xa, ya, with_correct=True)
+        if stop_when_broken and not bool(correct.all()):
+            keep = correct.nonzero().squeeze(1)
+            active = keep if active is None else active[keep]
+            xa, xs, grad = xa[keep], xs[keep], grad[keep]
+            if len(active) == 0:
+                break
+        step = project(xa + spec.step * _ascent_direction(direction(grad, active), spec.norm), xs, spec.eps, spec.norm)
+        if active is None:
+            x_adv = step
+        else:
+            x_adv[active] = step
     return x_adv
 
 
-def mim(model, x, y, spec: AttackSpec, start=None):
+def mim(model, x, y, spec: AttackSpec, start=None, stop_when_broken: bool = False):
     """Momentum iterative method: the gradient is L1-normalised per example before it joins the
     momentum (the authors normalised over the whole batch, which couples the examples)."""
-    x_adv, g = x.clone(), torch.zeros_like(x)
-    for _ in range(spec.steps):
-        grad = input_gradient(model, x_adv, y)
-        g = spec.momentum * g + grad / (grad.abs().flatten(1).sum(1).view(_per_example(grad)) + 1e-12)
-        x_adv = project(x_adv + spec.step * _ascent_direction(g, spec.norm), x, spec.eps, spec.norm)
-    return x_adv
+    momentum = torch.zeros_like(x)
+
+    def direction(grad, active):
+        g = grad / (grad.abs().flatten(1).sum(1).view(_per_example(grad)) + 1e-12)
+        if active is None:
+            momentum.mul_(spec.momentum).add_(g)
+            return momentum
+        momentum[active] = spec.momentum * momentum[active] + g
+        return momentum[active]
+
+    return _iterate(model, x, y, x.clone(), spec, stop_when_broken, direction)
 
 
 ATTACKS = {"fgsm": fgsm, "bim": pgd, "pgd": pgd, "mim": mim}
 
 
-def _single_run(model, x, y, spec, start=None):
-    return ATTACKS[spec.name](model, x, y, spec, start)
+def _single_run(model, x, y, spec, start=None, stop_when_broken=False):
+    return ATTACKS[spec.name](model, x, y, spec, start, stop_when_broken)
 
 
 @torch.no_grad()
@@ -146,16 +172,19 @@ def _correct(model, x, y):
 
 
 def attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec, *,
-           train_mode: bool = False) -> torch.Tensor:
+           train_mode: bool = False, stop_when_broken: bool = False) -> torch.Tensor:
     """Adversarial images for a batch. With restarts > 1, each restart attacks only the examples
     that every earlier restart failed to break (the answer is the same as attacking all of them
     every time, for a fraction of the work). Each restart draws its random start for the whole
-    batch, so an example gets the same start as in `attack_all_restarts`."""
+    batch, so an example gets the same start as in `attack_all_restarts`.
+
+    `stop_when_broken` (evaluation only, never training) keeps each example's first misclassified
+    iterate and stops attacking it: accuracy can only fall, and broken examples cost nothing more."""
     if spec.eps == 0:
         return x.clone()
     x, y = x.detach(), y.detach()
     with attack_mode(model, train_mode):
-        x_adv = _single_run(model, x, y, spec)
+        x_adv = _single_run(model, x, y, spec, stop_when_broken=stop_when_broken)
         if spec.restarts == 1:
             return x_adv.detach()
         single = replace(spec, restarts=1)
@@ -165,23 +194,24 @@ def attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec,
             idx = alive.nonzero().squeeze(1)
             if len(idx) == 0:
                 break
-            candidate = _single_run(model, x[idx], y[idx], single, None if start is None else start[idx])
+            candidate = _single_run(model, x[idx], y[idx], single, None if start is None else start[idx],
+                                    stop_when_broken)
             broken = ~_correct(model, candidate, y[idx])
             x_adv[idx[broken]] = candidate[broken]
             alive[idx[broken]] = False
         return x_adv.detach()
 
 
-def attack_all_restarts(model, x, y, spec: AttackSpec) -> torch.Tensor:
+def attack_all_restarts(model, x, y, spec: AttackSpec, stop_when_broken: bool = False) -> torch.Tensor:
     """The reference for the survivors-only restarts: every restart on every example; an example
     is broken if any restart breaks it. Slow on purpose: used by tests and the benchmark."""
     x, y = x.detach(), y.detach()
     with attack_mode(model):
         single = replace(spec, restarts=1)
-        x_adv = _single_run(model, x, y, single)
+        x_adv = _single_run(model, x, y, single, stop_when_broken=stop_when_broken)
         alive = _correct(model, x_adv, y)
         for _ in range(spec.restarts - 1):
-            candidate = _single_run(model, x, y, single)
+            candidate = _single_run(model, x, y, single, stop_when_broken=stop_when_broken)
             newly = alive & ~_correct(model, candidate, y)
             x_adv[newly] = candidate[newly]
             alive &= ~newly

@@ -3,6 +3,8 @@
   run     every notebook in order, headless (what `make reproduce` does)
   train   one experiment (prints where its run lives)
   grid    every experiment a table needs, skipping what the store has
+  bench   speed of each lever against a plain baseline, measured in the same run
+  plan    every experiment and evaluation a profile runs, with estimated device time
 """
 from __future__ import annotations
 
@@ -82,6 +84,30 @@ def cmd_run(args) -> int:
                          data_dir=args.data or "data", figures_dir=args.figures, only=args.only)
 
 
+def cmd_bench(args) -> int:
+    from .bench import format_results, run_benchmarks
+
+    results = run_benchmarks(args.device, smoke=args.smoke, json_path=args.json)
+    print(format_results(results))
+    if args.json:
+        print(f"written {args.json}")
+    return 0
+
+
+def cmd_plan(args) -> int:
+    import json
+
+    from .bench import plan
+
+    rates = json.loads(open(args.bench).read()) if args.bench else None
+    rows, total = plan(args.profile, args.dataset, rates)
+    for r in rows:
+        print(f"{r['seconds'] / 60:8.1f} min  {r['group']:13s} {r['what']}")
+    print(f"{total / 3600:8.2f} h    total estimated device time for profile {args.profile} on {args.dataset} "
+          f"(at {rates['um_epoch_img_s']:.0f} img/s per training step, from {args.bench})")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m reproduce", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -110,6 +136,18 @@ def main(argv=None) -> int:
     _common(p)
     p.add_argument("--table", required=True, choices=["1", "2", "3", "4", "surrogates"])
     p.set_defaults(func=cmd_grid)
+
+    p = sub.add_parser("bench", help="benchmarks of each speed lever")
+    p.add_argument("--device", default=None)
+    p.add_argument("--json", default=None, help="also write the results as JSON here")
+    p.add_argument("--smoke", action="store_true", help="smallest sizes: checks that it runs, not timings")
+    p.set_defaults(func=cmd_bench, profile=None)
+
+    p = sub.add_parser("plan", help="estimated device time of a profile")
+    p.add_argument("--profile", default=None)
+    p.add_argument("--dataset", default="cifar10", choices=DATASETS)
+    p.add_argument("--bench", default=None, help="JSON written by `bench --json` on the target device")
+    p.set_defaults(func=cmd_plan)
 
     args = parser.parse_args(argv)
     args.profile_arg = args.profile  # `run` explains its own default

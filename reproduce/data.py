@@ -178,14 +178,36 @@ def load_dataset(name: str = "cifar10", root: Path | str | None = None, *, val_s
 def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """Zero-pad every image by `padding` and cut a random window of the original size from each."""
     n, c, h, w = x.shape
+    dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+    dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
     padded = F.pad(x, (padding,) * 4)
-    dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device="cpu").to(x.device)
-    dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device="cpu").to(x.device)
-    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
-    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
-    n_idx = torch.arange(n, device=x.device)[:, None, None, None]
-    c_idx = torch.arange(c, device=x.device)[None, :, None, None]
-    return padded[n_idx, c_idx, rows, cols]
+    if x.device.type == "cpu":
+        return _crop_by_slices(padded, dy, dx, h, w)
+    return _crop_by_gather(padded, dy.to(x.device), dx.to(x.device), h, w)
+
+
+def _crop_by_gather(padded, dy, dx, h, w):
+    """Rows, then columns, with one gather each: no host-device synchronisation (GPU)."""
+    n, c, _, wp = padded.shape
+    rows = (dy[:, None] + torch.arange(h, device=padded.device)).view(n, 1, h, 1).expand(n, c, h, wp)
+    cols = (dx[:, None] + torch.arange(w, device=padded.device)).view(n, 1, 1, w).expand(n, c, h, w)
+    return padded.gather(2, rows).gather(3, cols)
+
+
+def _crop_by_slices(padded, dy, dx, h, w):
+    """CPU: sort the batch by offset, copy each group's window as one block, restore the order.
+    Several times faster than a gather on the CPU."""
+    n, c, _, _ = padded.shape
+    key = dy * 1000 + dx
+    order = key.argsort()
+    grouped = padded.index_select(0, order)
+    out = padded.new_empty(n, c, h, w)
+    start = 0
+    for k, count in zip(*(t.tolist() for t in key[order].unique_consecutive(return_counts=True))):
+        oy, ox = divmod(k, 1000)
+        out[start:start + count] = grouped[start:start + count, :, oy:oy + h, ox:ox + w]
+        start += count
+    return out.index_select(0, order.argsort())
 
 
 def random_flip(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -219,7 +241,7 @@ def random_erasing(x: torch.Tensor, p: float = 0.5, scale=(0.02, 0.33), ratio=(0
 
 
 def augment(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """The training augmentation of the protocol, on a float batch in [0, 1]."""
+    """The training augmentation of the protocol, on a uint8 or float batch (erasing writes zeros)."""
     return random_erasing(random_flip(random_crop(x, 4, generator), generator), generator=generator)
 
 
@@ -257,7 +279,7 @@ class DeviceLoader:
             idx = slice(i * self.batch_size, (i + 1) * self.batch_size)
             sel = order[idx] if order is not None else idx
             x = self.images[sel]
-            x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()
-            if self.augment:
+            if self.augment:  # on uint8, before the conversion: a quarter of the memory traffic
                 x = augment(x, gen)
+            x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()
             yield x, self.labels[sel]

@@ -27,8 +27,8 @@ def robust_accuracy(model, images, labels, spec: AttackSpec | None, *, batch_siz
     loader = DeviceLoader(images, labels, batch_size, device=device)
     correct = torch.zeros((), device=device)
     for x, y in tqdm(loader, desc=desc, disable=not progress, leave=False):
-        if spec is not None:
-            x = attack(model, x, y, spec)
+        if spec is not None:  # stop_when_broken: an example counts as broken at its first wrong iterate
+            x = attack(model, x, y, spec, stop_when_broken=True)
         with torch.no_grad():
             was_training = model.training
             model.eval()

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 from .config import DEFENSES, Profile, make_experiment
+from .data import load_dataset
 from .losses import PAPER_LOSSES
 from .store import RunStore
-from .data import load_dataset
 from .training import train
 
 SURROGATE_SEED = 1  # surrogates come from another seed than the targets they attack

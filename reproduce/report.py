@@ -138,6 +138,7 @@ def fig_losses_2d(dataset: str, profile, store: RunStore, out_dir: Path, losses,
         accuracy[exp.loss] = float(100 * (pred == y.numpy()).mean())
         panels[f"{exp.loss} ({accuracy[exp.loss]:.0f}% test acc.)"] = (emb, y.numpy())
     fig = figures.scatter_panels(panels, data.classes, Path(out_dir) / "fig_losses_2d_embeddings.png", ncols=4,
-                                 profile=get_profile(profile).name, suptitle=f"2-d embeddings of {dataset} test images, one per loss")
+                                 profile=get_profile(profile).name,
+                                 suptitle=f"2-d embeddings of {dataset} test images, one per loss")
     return fig, accuracy
 

@@ -96,3 +96,36 @@ def test_more_restarts_never_raise_accuracy():
         with torch.no_grad():
             accs.append((model(x_adv).argmax(1) == y).float().mean().item())
     assert accs[0] >= accs[1] >= accs[2]
+
+
+def test_stop_when_broken_is_never_weaker_and_keeps_the_ball():
+    model = small_model(5).eval()
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.rand(128, 1, 8, 8, generator=g), torch.randint(0, 5, (128,), generator=g)
+    for spec in (AttackSpec("pgd", eps=0.05, step=0.01, steps=10, random_start=True),
+                 AttackSpec("mim", eps=0.05, step=0.01, steps=10)):
+        torch.manual_seed(0)
+        plain = attack(model, x, y, spec)
+        torch.manual_seed(0)
+        early = attack(model, x, y, spec, stop_when_broken=True)
+        with torch.no_grad():
+            acc_plain = (model(plain).argmax(1) == y).float().mean()
+            acc_early = (model(early).argmax(1) == y).float().mean()
+            # examples the plain attack never broke at any step are followed step for step
+            survivors = model(early).argmax(1) == y
+        assert acc_early <= acc_plain
+        assert torch.allclose(early[survivors], plain[survivors])
+        assert (early - x).abs().max() <= 0.05 + 1e-6 and early.min() >= 0 and early.max() <= 1
+
+
+def test_survivor_restarts_equal_all_restarts_with_early_stop():
+    model = small_model(6).eval()
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.rand(64, 1, 8, 8, generator=g), torch.randint(0, 5, (64,), generator=g)
+    spec = AttackSpec("pgd", eps=0.02, step=0.005, steps=5, random_start=True, restarts=5)
+    torch.manual_seed(4)
+    fast = attack(model, x, y, spec, stop_when_broken=True)
+    torch.manual_seed(4)
+    slow = attack_all_restarts(model, x, y, spec, stop_when_broken=True)
+    with torch.no_grad():
+        assert torch.equal(model(fast).argmax(1) == y, model(slow).argmax(1) == y)

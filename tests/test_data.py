@@ -6,8 +6,7 @@ import torch
 from conftest import needs_fashion, write_cifar10, write_idx
 from torchvision.transforms import v2
 
-from reproduce.data import (DatasetMissing, DeviceLoader, augment, load_dataset, random_crop, random_erasing,
-                            random_flip)
+from reproduce.data import DatasetMissing, DeviceLoader, augment, load_dataset, random_crop, random_erasing, random_flip
 
 
 def test_cifar10_pickle_layout_loads_with_split(tmp_path):
@@ -141,3 +140,12 @@ def test_loader_is_deterministic_per_epoch_and_covers_the_data():
     seen = torch.cat([y for _, y in DeviceLoader(images, labels, 32)])
     assert torch.equal(seen, labels)  # evaluation order, every example once
     assert all(x.dtype == torch.float32 and x.max() <= 1 for x, _ in a)
+
+
+def test_cpu_and_gpu_crop_paths_agree():
+    from reproduce.data import _crop_by_gather, _crop_by_slices
+
+    x = torch.nn.functional.pad(_images(50), (4,) * 4)
+    g = torch.Generator().manual_seed(0)
+    dy, dx = torch.randint(0, 9, (50,), generator=g), torch.randint(0, 9, (50,), generator=g)
+    assert torch.equal(_crop_by_slices(x, dy, dx, 32, 32), _crop_by_gather(x, dy, dx, 32, 32))

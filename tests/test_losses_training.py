@@ -1,6 +1,5 @@
 """Every loss trains through the one loop; parameters a loss owns are learned."""
 import pytest
-import torch
 from conftest import needs_fashion
 
 from reproduce.config import make_experiment

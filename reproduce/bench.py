@@ -1,0 +1,315 @@
+"""`python -m reproduce bench`: each speed lever against a plain baseline measured in the same run.
+
+Every number is the median of repeated timed runs after a warm-up (CUDA timed with events). Inputs are
+random tensors of CIFAR-10's shape (uint8 images, never zeros).
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .attacks import AttackSpec, attack, attack_all_restarts
+from .config import make_experiment
+from .data import DeviceLoader
+from .defenses import crafting_spec, defense_loss
+from .models import build_model
+from .training import autocast, resolve_device
+
+
+class Timer:
+    """Wall time on the CPU, CUDA events on a GPU."""
+
+    def __init__(self, device):
+        self.device = device
+
+    @contextmanager
+    def __call__(self, out: list):
+        if self.device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            yield
+            end.record()
+            torch.cuda.synchronize()
+            out.append(start.elapsed_time(end) / 1000)
+        else:
+            t0 = time.perf_counter()
+            yield
+            out.append(time.perf_counter() - t0)
+
+
+def median_rate(fn, n_items: int, device, repeats: int = 3, warmup: int = 1) -> float:
+    """Items per second: median over `repeats` timed calls after `warmup` untimed ones."""
+    timer, times = Timer(device), []
+    for _ in range(warmup):
+        fn()
+    for _ in range(repeats):
+        with timer(times):
+            fn()
+    return n_items / statistics.median(times)
+
+
+def random_cifar(n: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+    return images, torch.randint(0, 10, (n,), generator=g)
+
+
+def torchvision_loader(images, labels, batch_size, workers):
+    """The plain pipeline: PIL images through torchvision transforms and a DataLoader."""
+    from PIL import Image
+    from torchvision import transforms as T
+
+    tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), T.RandomErasing(p=0.5)])
+    pil = [Image.fromarray(img.permute(1, 2, 0).numpy()) for img in images]
+    ys = labels.tolist()
+
+    class PILDataset(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(pil)
+
+        def __getitem__(self, i):
+            return tf(pil[i]), ys[i]
+
+    return torch.utils.data.DataLoader(PILDataset(), batch_size=batch_size, shuffle=True, num_workers=workers,
+                                       drop_last=True, persistent_workers=workers > 0)
+
+
+def _drain(loader, device, consume=None):
+    def run():
+        for x, y in loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if consume is not None:
+                consume(x, y)
+    return run
+
+
+def run_benchmarks(device=None, smoke: bool = False, json_path: str | Path | None = None) -> dict:
+    device = resolve_device(device)
+    n = 512 if smoke else (45_000 if device.type == "cuda" else 5_000)
+    batch = 128 if device.type == "cpu" else 512
+    repeats = 1 if smoke else 3
+    images, labels = random_cifar(n)
+    name = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    results = {"device": name,
+               "images": n, "batch_size": batch, "smoke": smoke, "torch": torch.__version__}
+
+    # 1. the loader alone
+    ours = DeviceLoader(images, labels, batch, shuffle=True, augment=True, device=device, drop_last=True)
+    results["loader_ours_img_s"] = median_rate(_drain(ours, device), len(ours) * batch, device, repeats)
+    tv_rates = {}
+    for workers in (0, 2):
+        tv = torchvision_loader(images, labels, batch, workers)
+        tv_rates[workers] = median_rate(_drain(tv, device), len(tv) * batch, device, repeats)
+    results["loader_torchvision_img_s"] = max(tv_rates.values())
+    results["loader_torchvision_workers"] = max(tv_rates, key=tv_rates.get)
+    results["loader_speedup"] = results["loader_ours_img_s"] / results["loader_torchvision_img_s"]
+
+    # 2. a whole smoke-profile training step: ours (device loader, bf16 + channels-last on CUDA) vs
+    #    the same model fed by the torchvision pipeline in float32
+    exp = make_experiment("SM", "UM", "smoke", "cifar10")
+    model = build_model(exp, 3, 10).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def step(x, y, amp):
+        if amp and device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, enabled=amp):
+            loss, _ = model.loss(x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    results["train_step_ours_img_s"] = median_rate(_drain(ours, device, lambda x, y: step(x, y, True)),
+                                                   len(ours) * batch, device, repeats)
+    model = model.to(memory_format=torch.contiguous_format)
+    tv = torchvision_loader(images, labels, batch, results["loader_torchvision_workers"])
+    results["train_step_baseline_img_s"] = median_rate(_drain(tv, device, lambda x, y: step(x, y, False)),
+                                                       len(tv) * batch, device, repeats)
+    results["train_step_speedup"] = results["train_step_ours_img_s"] / results["train_step_baseline_img_s"]
+
+    # 3. PGD-20 against torchattacks on the same model and batch
+    import torchattacks
+
+    model.eval()
+    spec = AttackSpec("pgd", steps=20, random_start=True)
+    xs, ys = _learnable_batch(device, 256 if smoke else 512)
+    um = _quick_um_model(device, xs, ys)  # a model that classifies its inputs, so attacks have work to do
+    results["pgd_ours_img_s"] = median_rate(lambda: attack(um, xs, ys, spec, stop_when_broken=True), len(xs),
+                                            device, repeats)
+    ta = torchattacks.PGD(um, eps=spec.eps, alpha=spec.step, steps=20, random_start=True)
+    results["pgd_torchattacks_img_s"] = median_rate(lambda: ta(xs, ys), len(xs), device, repeats)
+    torch.manual_seed(0)
+    results["pgd_ours_acc"] = _acc(um, attack(um, xs, ys, spec, stop_when_broken=True), ys)
+    results["pgd_torchattacks_acc"] = _acc(um, ta(xs, ys), ys)
+    results["pgd_speedup_vs_torchattacks"] = results["pgd_ours_img_s"] / results["pgd_torchattacks_img_s"]
+
+    # 4. 20PGD: survivors only vs every restart on every example (the same UM model; no early stop on
+    #    either side, so the ratio is the restarts lever alone)
+    restarts = AttackSpec("pgd", steps=20, random_start=True, restarts=3 if smoke else 20)
+    accs = {}
+
+    def survivors():
+        torch.manual_seed(0)
+        accs["survivors"] = _acc(um, attack(um, xs, ys, restarts), ys)
+
+    def everything():
+        torch.manual_seed(0)
+        accs["all"] = _acc(um, attack_all_restarts(um, xs, ys, restarts), ys)
+
+    results["restarts_survivors_img_s"] = median_rate(survivors, len(xs), device, 1, 0)
+    results["restarts_all_img_s"] = median_rate(everything, len(xs), device, 1, 0)
+    assert accs["survivors"] == accs["all"], accs  # same answer, less work
+    results["restarts_accuracy"] = accs["survivors"]
+    results["restarts_speedup"] = results["restarts_survivors_img_s"] / results["restarts_all_img_s"]
+
+    # 5. throughput on this device at the profile's model size: UM and AT epochs, PGD-20 evaluation
+    width = 64 if device.type == "cuda" and not smoke else 16
+    big = build_model(make_experiment("SM", "UM", "smoke", "cifar10", width=width), 3, 10).to(device)
+    if device.type == "cuda":
+        big = big.to(memory_format=torch.channels_last)
+    big_opt = torch.optim.SGD(big.parameters(), lr=0.01, momentum=0.9)
+    at_spec = crafting_spec(make_experiment("SM", "AT", "smoke", "cifar10"))
+
+    def epoch(defense):
+        def run():
+            big.train()
+            for xb, yb in ours:
+                if device.type == "cuda":
+                    xb = xb.contiguous(memory_format=torch.channels_last)
+                with autocast(device):
+                    loss, _ = defense_loss(big, xb, yb, defense, at_spec)
+                big_opt.zero_grad(set_to_none=True)
+                loss.backward()
+                big_opt.step()
+        return run
+
+    results["model_width"] = width
+    results["um_epoch_img_s"] = median_rate(epoch("UM"), len(ours) * batch, device, repeats)
+    results["at_epoch_img_s"] = median_rate(epoch("AT"), len(ours) * batch, device, 1 if smoke else 2)
+    big.eval()
+    xe = images[: min(n, 2048 if device.type == "cuda" else 256)].to(device).float() / 255
+    ye = labels[: len(xe)].to(device)
+    results["pgd20_eval_img_s"] = median_rate(lambda: attack(big, xe, ye, spec), len(xe), device, repeats)
+    if device.type == "cuda":
+        results["um_epoch_seconds_45k"] = 45_000 / results["um_epoch_img_s"]
+        results["at_epoch_seconds_45k"] = 45_000 / results["at_epoch_img_s"]
+        results.update(_bf16_attack_check(device, xs, ys))
+
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def _acc(model, x, y) -> float:
+    with torch.no_grad():
+        return 100 * (model(x).argmax(1) == y).float().mean().item()
+
+
+def _learnable_batch(device, n):
+    """Random CIFAR-shaped images carrying a faint class pattern (amplitude 6/255): a model learns them
+    in a few dozen steps, and an 8/255 attack can break it, as on real data."""
+    g = torch.Generator().manual_seed(1)
+    y = torch.randint(0, 10, (n,), generator=g)
+    patterns = torch.randint(0, 2, (10, 3, 32, 32), generator=g).float() * 2 - 1
+    x = torch.randint(20, 236, (n, 3, 32, 32), generator=g).float() + 6 * patterns[y]
+    return (x / 255).to(device), y.to(device)
+
+
+def _quick_um_model(device, x, y, steps: int = 60):
+    model = build_model(make_experiment("SM", "UM", "smoke", "cifar10", width=8), 3, 10).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    model.train()
+    for _ in range(steps):
+        loss, _ = model.loss(x, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+def _bf16_attack_check(device, x, y) -> dict:
+    """PGD-20 accuracy with the attack's forward passes in bf16 autocast vs float32, same model."""
+    model = _quick_um_model(device, x, y)
+    spec = AttackSpec("pgd", steps=20, random_start=True)
+    torch.manual_seed(0)
+    fp32 = _acc(model, attack(model, x, y, spec), y)
+    torch.manual_seed(0)
+    with autocast(device):
+        adv = attack(model, x, y, spec)
+    bf16 = _acc(model, adv, y)
+    return {"pgd20_acc_fp32": fp32, "pgd20_acc_bf16": bf16, "bf16_attack_gap_points": bf16 - fp32}
+
+
+TARGETS_CPU = {"loader_speedup": 10, "train_step_speedup": 1.5, "pgd_speedup_vs_torchattacks": 1.0,
+               "restarts_speedup": 5}
+
+
+def format_results(results: dict) -> str:
+    lines = [f"device: {results['device']}  (images {results['images']}, batch {results['batch_size']})", "",
+             "| key | value | target (2-core CPU) |", "|---|---|---|"]
+    for k, v in results.items():
+        if k in ("device", "images", "batch_size", "smoke", "torch"):
+            continue
+        shown = f"{v:.2f}" if isinstance(v, float) else str(v)
+        target = TARGETS_CPU.get(k)
+        verdict = "" if target is None else f">= {target} {'met' if v >= target else 'NOT met'}"
+        lines.append(f"| {k} | {shown} | {verdict} |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------- planning a profile's compute
+
+def plan(profile_name: str, dataset: str = "cifar10", rates: dict | None = None) -> tuple[list[dict], float]:
+    """Every experiment and evaluation the profile runs, with estimated device seconds.
+
+    Cost model: one attack step or one training step costs one forward-backward pass of an image;
+    AT costs (1 + crafting steps) per training image, ALP (2 + steps). `rates` gives images per second
+    of a UM training step (`um_epoch_img_s`) at the profile's width; measured by `bench` on the device.
+    """
+    from .attacks import table1_specs
+    from .config import get_profile
+    from .grid import surrogate_experiments, table1_experiments, table4_experiments
+
+    prof = get_profile(profile_name)
+    rate = (rates or {}).get("um_epoch_img_s")
+    if rate is None:
+        raise ValueError("no measured rate: run `python -m reproduce bench --json bench.json` on the device first, "
+                         "then `plan --bench bench.json`")
+    sizes = {"cifar10": (45_000, 10_000), "fashion-mnist": (55_000, 10_000), "mnist": (55_000, 10_000)}
+    n_train, n_test = sizes[dataset]
+    n_test = min(n_test, prof.test_limit or n_test)
+    per_image = {"UM": 1, "AT": 8, "ALP": 9}
+    specs = table1_specs(prof.restarts, prof.mim_steps)
+    # forward-backward passes per test image: every attack step (20PGD: about two runs, as restarts attack
+    # only survivors) plus the seven PGD-7 runs of the eps curve
+    eval_passes = 1 + sum(s.steps * (1 if s.restarts == 1 else 2) for s in specs) + 7 * 7
+    rows, seen = [], set()
+    groups = (("Table I", table1_experiments(prof, dataset)), ("surrogates", surrogate_experiments(prof, dataset)),
+              ("Table IV", table4_experiments(prof, dataset)))
+    for group, exps in groups:
+        for e in exps:
+            if e.key in seen:
+                continue
+            seen.add(e.key)
+            images = min(n_train, e.train_limit or n_train) * e.epochs * per_image[e.defense]
+            rows.append({"what": f"train {e.label} {dict(e.loss_params) or ''}".strip(), "group": group,
+                         "seconds": images / rate})
+    for e in table1_experiments(prof, dataset):
+        rows.append({"what": f"evaluate {e.label} (Table I + eps curve)", "group": "Table I",
+                     "seconds": n_test * eval_passes / rate})
+    rows.append({"what": "black-box crafting, 5 surrogates x (FGSM + 20PGD)", "group": "Tables II-III",
+                 "seconds": 5 * n_test * (1 + 20 * 2) / rate})
+    rows.append({"what": "Table IV PGD-7 evaluations", "group": "Table IV", "seconds": 20 * n_test * 8 / rate})
+    appendix = 9 + 6  # (k1, k2) grid and scale sweep, UM ResNets
+    rows.append({"what": f"appendix B/C: {appendix} UM models + evaluation", "group": "appendix",
+                 "seconds": appendix * (min(n_train, prof.train_limit or n_train) * prof.epochs + n_test * 16) / rate})
+    return rows, float(np.sum([r["seconds"] for r in rows]))

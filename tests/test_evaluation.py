@@ -1,0 +1,56 @@
+import pandas as pd
+import pytest
+import torch
+
+from reproduce.attacks import AttackSpec
+from reproduce.evaluation import black_box, black_box_checks, white_box_checks
+from reproduce.tables import comparison_markdown, paper_table
+
+
+def test_checks_pass_on_a_sound_row_and_flag_each_failure():
+    row = {"clean": 90.0, "fgsm": 40.0, "bim7": 10.0, "pgd7": 9.0, "pgd20": 8.0, "pgd20x20": 7.5, "mim40": 8.0}
+    curve = {"0.0000": 90.0, "0.0314": 9.0, "0.5020": 0.0}
+    assert white_box_checks(row, curve) == []
+    bad = dict(row, fgsm=95.0, pgd20=12.0, pgd20x20=14.0)
+    flags = white_box_checks(bad, {"0.0000": 89.0, "0.0314": 30.0, "0.5020": 45.0})
+    text = " ".join(flags)
+    for needle in ("fgsm (95.00) exceeds clean", "PGD-20", "20PGD", "eps = 0", "rises with eps", "gradient masking"):
+        assert needle in text
+
+
+def test_black_box_checks_flag_transfer_stronger_than_white_box():
+    matrix = {"SM-UM": {"surrogate_SM": 30.0, "surrogate_TL": 5.0}}
+    expected = ["SM-UM: black-box from surrogate_TL (5.00) below white-box (10.00)"]
+    assert black_box_checks(matrix, {"SM-UM": 10.0}) == expected
+
+
+def test_black_box_matrix_two_surrogates_three_targets(fashion_model, fashion):
+    import copy
+
+    x, y = fashion.x_test[:200], fashion.y_test[:200]
+    torch.manual_seed(0)
+    other = copy.deepcopy(fashion_model)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    surrogates = {"surrogate_SM": fashion_model, "surrogate_SM2": other}
+    targets = {"A": fashion_model, "B": other, "C": copy.deepcopy(fashion_model)}
+    spec = AttackSpec("fgsm", step=8 / 255)
+    matrix = black_box(surrogates, targets, x, y, spec, progress=False)
+    assert set(matrix) == {"A", "B", "C"} and all(set(r) == set(surrogates) for r in matrix.values())
+    # a target attacked through its own weights is a white-box attack: identical numbers
+    assert matrix["A"]["surrogate_SM"] == pytest.approx(matrix["C"]["surrogate_SM"])
+    from reproduce.evaluation import robust_accuracy
+
+    white = robust_accuracy(fashion_model, x, y, spec)
+    assert matrix["A"]["surrogate_SM"] == pytest.approx(white)
+    assert matrix["A"]["surrogate_SM2"] >= white - 1.0  # transfer is weaker than white-box
+
+
+def test_markdown_shows_ours_paper_and_difference():
+    paper = paper_table("table1")
+    ours = pd.DataFrame({"clean": [90.0], "fgsm": [None]}, index=pd.Index(["SM-UM"], name="model"))
+    md = comparison_markdown(ours, paper, "fashion-mnist", "T")
+    assert "90.00 / 93.15 (-3.15)" in md and "- / 23.95" in md and "paper's CIFAR-10 result" in md
+    t4 = paper_table("table4")
+    assert pd.isna(t4.loc["0.20", "s4"]) and t4.loc["0.05", "s2"] == 41.46
