@@ -59,6 +59,12 @@ def cmd_train(args) -> int:
     run = train(exp, store, device=args.device, data_root=args.data, progress=not args.quiet,
                 stop_after_steps=args.stop_after_steps)
     print(f"{run.result['status']}: best validation accuracy {run.result['best_val_acc']}; run at {run.run_dir}")
+    if run.model is not None and not args.quiet:
+        from .training import clean_accuracy, data_for
+
+        data = data_for(exp, args.data)
+        acc = clean_accuracy(run.model, data.x_test, data.y_test)
+        print(f"test accuracy {acc:.2f}% on {len(data.y_test)} test images")
     return 0
 
 

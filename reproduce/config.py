@@ -32,7 +32,7 @@ class Profile:
 PROFILES = {
     # Every notebook on 2 CPU cores in minutes. Thin network, a slice of the data, few restarts.
     "smoke": Profile("smoke", width=16, epochs=4, batch_size=128, lr=0.2, schedule="onecycle",
-                     train_limit=10000, adv_train_limit=3000, val_limit=500, test_limit=500, restarts=3,
+                     train_limit=10000, adv_train_limit=1500, val_limit=500, test_limit=300, restarts=3,
                      mim_steps=40, tsne_points=300),
     # Full ResNet-18 and full data, short one-cycle schedules: every table on one GPU in hours.
     "quick": Profile("quick", width=64, epochs=30, batch_size=512, lr=0.2, schedule="onecycle",
