@@ -56,8 +56,7 @@ def cmd_train(args) -> int:
                           loss_params=_key_values(args.param), **overrides)
     store = RunStore(args.runs)
     print(f"experiment {exp.label} ({exp.profile}, {exp.dataset}) -> {store.run_dir(exp)}")
-    run = train(exp, store, device=args.device, data_root=args.data, progress=not args.quiet,
-                stop_after_steps=args.stop_after_steps)
+    run = train(exp, store, device=args.device, data_root=args.data, progress=not args.quiet)
     print(f"{run.result['status']}: best validation accuracy {run.result['best_val_acc']}; run at {run.run_dir}")
     if run.model is not None and not args.quiet:
         from .training import clean_accuracy, data_for
@@ -135,7 +134,6 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--train-limit", type=int)
     p.add_argument("--param", action="append", metavar="NAME=VALUE", help="a loss parameter, e.g. --param s=4")
-    p.add_argument("--stop-after-steps", type=int, help=argparse.SUPPRESS)  # crash simulation for tests
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("grid", help="train every experiment a table needs")

@@ -9,7 +9,7 @@ import dataclasses
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,6 @@ class Experiment:
     attack_steps: int = 7
     craft_bn_mode: str = "train"  # batch-norm mode while crafting training examples (authors: train)
     augment: bool = True
-    extra: tuple = field(default=())  # free-form tags that must separate runs
 
     def __post_init__(self):
         from .losses import LOSSES
@@ -128,7 +127,8 @@ class Experiment:
 
     @property
     def run_name(self) -> str:
-        return f"{self.dataset}-{self.profile}-{self.label}-{self.key}"
+        model = "" if self.model == "resnet18" else f"{self.model}-"
+        return f"{self.dataset}-{self.profile}-{model}{self.label}-{self.key}"
 
     @property
     def params(self) -> dict:
