@@ -22,6 +22,7 @@ class Profile:
     schedule: str  # "onecycle" for short runs, "plateau" for the paper's schedule
     train_limit: int | None  # images used for training (None: the whole 45k split)
     adv_train_limit: int | None  # images for AT / ALP training, each ~8x the cost of a clean step
+    adv_batch_size: int | None  # AT / ALP batch (None: batch_size); small batches give more steps per image
     val_limit: int | None
     test_limit: int | None  # test images every evaluation uses
     restarts: int  # restarts of the 20PGD column
@@ -32,14 +33,17 @@ class Profile:
 PROFILES = {
     # Every notebook on 2 CPU cores in minutes. Thin network, a slice of the data, few restarts.
     "smoke": Profile("smoke", width=16, epochs=4, batch_size=128, lr=0.2, schedule="onecycle",
-                     train_limit=10000, adv_train_limit=1500, val_limit=500, test_limit=300, restarts=3,
+                     train_limit=10000, adv_train_limit=1500, adv_batch_size=32, val_limit=500, test_limit=300,
+                     restarts=3,
                      mim_steps=40, tsne_points=300),
     # Full ResNet-18 and full data, short one-cycle schedules: every table on one GPU in hours.
     "quick": Profile("quick", width=64, epochs=30, batch_size=512, lr=0.2, schedule="onecycle",
-                     train_limit=None, adv_train_limit=None, val_limit=None, test_limit=None, restarts=20),
+                     train_limit=None, adv_train_limit=None, adv_batch_size=None, val_limit=None, test_limit=None,
+                     restarts=20),
     # The paper's schedule: plateau scheduler on the training loss, up to 1000 epochs.
     "paper": Profile("paper", width=64, epochs=1000, batch_size=256, lr=0.1, schedule="plateau",
-                     train_limit=None, adv_train_limit=None, val_limit=None, test_limit=None, restarts=20),
+                     train_limit=None, adv_train_limit=None, adv_batch_size=None, val_limit=None, test_limit=None,
+                     restarts=20),
 }
 
 
@@ -147,11 +151,11 @@ def make_experiment(loss: str = "SM", defense: str = "UM", profile: str | Profil
     # Parameters equal to their defaults are dropped, so the same model always has the same hash.
     defaults = loss_parameters(loss)
     loss_params = {k: v for k, v in loss_params.items() if defaults.get(k) != v}
+    adversarial = defense != "UM"
     fields = dict(dataset=dataset, loss=loss, defense=defense, seed=seed, profile=prof.name,
-                  width=prof.width, epochs=prof.epochs, batch_size=prof.batch_size, lr=prof.lr,
-                  schedule=prof.schedule, val_limit=prof.val_limit,
-                  train_limit=prof.train_limit if defense == "UM" or prof.adv_train_limit is None
-                  else prof.adv_train_limit,
+                  width=prof.width, epochs=prof.epochs, lr=prof.lr, schedule=prof.schedule, val_limit=prof.val_limit,
+                  batch_size=prof.adv_batch_size if adversarial and prof.adv_batch_size else prof.batch_size,
+                  train_limit=prof.adv_train_limit if adversarial and prof.adv_train_limit else prof.train_limit,
                   loss_params=tuple(sorted(loss_params.items())))
     fields.update(overrides)
     return Experiment(**fields)
