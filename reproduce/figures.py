@@ -24,7 +24,8 @@ CLASS_COLORS = plt.get_cmap("tab10")
 
 def stamp(fig, profile: str | None) -> None:
     if profile == "smoke":
-        fig.text(0.995, 0.005, "smoke profile: pipeline check, not the paper's numbers", ha="right", va="bottom",
+        # top-left corner: clear of the suptitle (centred) and of the legends (bottom)
+        fig.text(0.005, 0.995, "smoke profile: pipeline check, not the paper's numbers", ha="left", va="top",
                  fontsize=7, color="firebrick", alpha=0.8)
 
 
