@@ -91,7 +91,7 @@ def _drain(loader, device, consume=None):
 
 def run_benchmarks(device=None, smoke: bool = False, json_path: str | Path | None = None) -> dict:
     device = resolve_device(device)
-    n = 512 if smoke else (45_000 if device.type == "cuda" else 5_000)
+    n = 512 if smoke else (45_000 if device.type == "cuda" else 2_000)
     batch = 128 if device.type == "cpu" else 512
     repeats = 1 if smoke else 3
     images, labels = random_cifar(n)
@@ -140,7 +140,7 @@ def run_benchmarks(device=None, smoke: bool = False, json_path: str | Path | Non
 
     model.eval()
     spec = AttackSpec("pgd", steps=20, random_start=True)
-    xs, ys = _learnable_batch(device, 256 if smoke else 512)
+    xs, ys = _learnable_batch(device, 512 if device.type == "cuda" and not smoke else 256)
     um = _quick_um_model(device, xs, ys)  # a model that classifies its inputs, so attacks have work to do
     results["pgd_ours_img_s"] = median_rate(lambda: attack(um, xs, ys, spec, stop_when_broken=True), len(xs),
                                             device, repeats)
