@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PROFILE ?=
 DATASET ?= cifar10
 
-.PHONY: reproduce test lint bench clean-venv
+.PHONY: reproduce test bench clean-venv
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
