@@ -84,13 +84,12 @@ def _test_images(data, profile):
 def table1(profile_name, dataset: str, data, store: RunStore, device=None, progress: bool = True):
     """Table I: 15 models x (clean + six attacks), with each model's sanity flags.
 
-    Returns (DataFrame indexed by model label, {label: flags}, {label: experiment key})."""
+    Returns (DataFrame indexed by model label, {label: flags})."""
     profile = get_profile(profile_name)
     x, y = _test_images(data, profile)
     specs = table1_specs(restarts=profile.restarts, mim_steps=profile.mim_steps)
-    rows, flags, keys = {}, {}, {}
+    rows, flags = {}, {}
     for exp in table1_experiments(profile, dataset):
-        keys[exp.label] = exp.key
         result = store.result(exp)
         if result is None or result["status"] != "finished":
             rows[exp.label] = {c: None for c in TABLE1_COLUMNS}
