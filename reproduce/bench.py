@@ -43,15 +43,23 @@ class Timer:
             out.append(time.perf_counter() - t0)
 
 
-def median_rate(fn, n_items: int, device, repeats: int = 3, warmup: int = 1) -> float:
-    """Items per second: median over `repeats` timed calls after `warmup` untimed ones."""
-    timer, times = Timer(device), []
-    for _ in range(warmup):
-        fn()
-    for _ in range(repeats):
-        with timer(times):
+def interleaved_rates(runs: dict, device, repeats: int = 3, warmup: int = 1) -> dict:
+    """Items per second of each named (fn, n_items), timed in turn (a, b, a, b, ...) so that a slow
+    moment of a shared machine does not fall on one side of a ratio only; median of `repeats`."""
+    timer, times = Timer(device), {name: [] for name in runs}
+    for fn, _ in runs.values():
+        for _ in range(warmup):
             fn()
-    return n_items / statistics.median(times)
+    for _ in range(repeats):
+        for name, (fn, _) in runs.items():
+            with timer(times[name]):
+                fn()
+    return {name: n / statistics.median(times[name]) for name, (_, n) in runs.items()}
+
+
+def median_rate(fn, n_items: int, device, repeats: int = 3, warmup: int = 1) -> float:
+    """Items per second of one fn: median over `repeats` timed calls after `warmup` untimed ones."""
+    return interleaved_rates({"fn": (fn, n_items)}, device, repeats, warmup)["fn"]
 
 
 def random_cifar(n: int, seed: int = 0):
@@ -101,39 +109,42 @@ def run_benchmarks(device=None, smoke: bool = False, json_path: str | Path | Non
 
     # 1. the loader alone
     ours = DeviceLoader(images, labels, batch, shuffle=True, augment=True, device=device, drop_last=True)
-    results["loader_ours_img_s"] = median_rate(_drain(ours, device), len(ours) * batch, device, repeats)
-    tv_rates = {}
-    for workers in (0, 2):
-        tv = torchvision_loader(images, labels, batch, workers)
-        tv_rates[workers] = median_rate(_drain(tv, device), len(tv) * batch, device, repeats)
-    results["loader_torchvision_img_s"] = max(tv_rates.values())
-    results["loader_torchvision_workers"] = max(tv_rates, key=tv_rates.get)
-    results["loader_speedup"] = results["loader_ours_img_s"] / results["loader_torchvision_img_s"]
+    plain = {w: torchvision_loader(images, labels, batch, w) for w in (0, 2)}
+    rates = interleaved_rates({"ours": (_drain(ours, device), len(ours) * batch),
+                               **{w: (_drain(tv, device), len(tv) * batch) for w, tv in plain.items()}},
+                              device, repeats)
+    best = max(plain, key=rates.get)
+    results["loader_ours_img_s"] = rates["ours"]
+    results["loader_torchvision_img_s"] = rates[best]
+    results["loader_torchvision_workers"] = best
+    results["loader_speedup"] = rates["ours"] / rates[best]
 
-    # 2. a whole smoke-profile training step: ours (device loader, bf16 + channels-last on CUDA) vs
-    #    the same model fed by the torchvision pipeline in float32
+    # 2. a whole smoke-profile training step: ours (device loader, channels-last model as `build_model`
+    #    gives it, bf16 on CUDA) vs the same model in PyTorch's default layout fed by the torchvision
+    #    pipeline in float32
     exp = make_experiment("SM", "UM", "smoke", "cifar10")
+
+    def trainer(model, loader, amp):
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+        def step(x, y):
+            if amp and device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast(device, enabled=amp):
+                loss, _ = model.loss(x, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return _drain(loader, device, step), len(loader) * batch
+
     model = build_model(exp, 3, 10).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-
-    def step(x, y, amp):
-        if amp and device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(device, enabled=amp):
-            loss, _ = model.loss(x, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    results["train_step_ours_img_s"] = median_rate(_drain(ours, device, lambda x, y: step(x, y, True)),
-                                                   len(ours) * batch, device, repeats)
-    model = model.to(memory_format=torch.contiguous_format)
-    tv = torchvision_loader(images, labels, batch, results["loader_torchvision_workers"])
-    results["train_step_baseline_img_s"] = median_rate(_drain(tv, device, lambda x, y: step(x, y, False)),
-                                                       len(tv) * batch, device, repeats)
-    results["train_step_speedup"] = results["train_step_ours_img_s"] / results["train_step_baseline_img_s"]
+    baseline_model = build_model(exp, 3, 10).to(device).to(memory_format=torch.contiguous_format)
+    rates = interleaved_rates({"ours": trainer(model, ours, True),
+                               "baseline": trainer(baseline_model, plain[best], False)},
+                              device, repeats if smoke else 5)
+    results["train_step_ours_img_s"] = rates["ours"]
+    results["train_step_baseline_img_s"] = rates["baseline"]
+    results["train_step_speedup"] = rates["ours"] / rates["baseline"]
 
     # 3. PGD-20 against torchattacks on the same model and batch
     import torchattacks
@@ -142,10 +153,10 @@ def run_benchmarks(device=None, smoke: bool = False, json_path: str | Path | Non
     spec = AttackSpec("pgd", steps=20, random_start=True)
     xs, ys = _learnable_batch(device, 512 if device.type == "cuda" and not smoke else 256)
     um = _quick_um_model(device, xs, ys)  # a model that classifies its inputs, so attacks have work to do
-    results["pgd_ours_img_s"] = median_rate(lambda: attack(um, xs, ys, spec, stop_when_broken=True), len(xs),
-                                            device, repeats)
     ta = torchattacks.PGD(um, eps=spec.eps, alpha=spec.step, steps=20, random_start=True)
-    results["pgd_torchattacks_img_s"] = median_rate(lambda: ta(xs, ys), len(xs), device, repeats)
+    rates = interleaved_rates({"ours": (lambda: attack(um, xs, ys, spec, stop_when_broken=True), len(xs)),
+                               "torchattacks": (lambda: ta(xs, ys), len(xs))}, device, repeats)
+    results["pgd_ours_img_s"], results["pgd_torchattacks_img_s"] = rates["ours"], rates["torchattacks"]
     torch.manual_seed(0)
     results["pgd_ours_acc"] = _acc(um, attack(um, xs, ys, spec, stop_when_broken=True), ys)
     results["pgd_torchattacks_acc"] = _acc(um, ta(xs, ys), ys)
@@ -173,8 +184,6 @@ def run_benchmarks(device=None, smoke: bool = False, json_path: str | Path | Non
     # 5. throughput on this device at the profile's model size: UM and AT epochs, PGD-20 evaluation
     width = 64 if device.type == "cuda" and not smoke else 16
     big = build_model(make_experiment("SM", "UM", "smoke", "cifar10", width=width), 3, 10).to(device)
-    if device.type == "cuda":
-        big = big.to(memory_format=torch.channels_last)
     big_opt = torch.optim.SGD(big.parameters(), lr=0.01, momentum=0.9)
     at_spec = crafting_spec(make_experiment("SM", "AT", "smoke", "cifar10"))
 

@@ -115,8 +115,6 @@ def train(experiment, store: RunStore | None = None, *, data: DataSplit | None =
     write_json(run_dir / "config.json", {"experiment": asdict(experiment), "key": experiment.key})
 
     model = build_model(experiment, data.channels, data.num_classes).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=experiment.lr, momentum=experiment.momentum,
                                 weight_decay=experiment.weight_decay)
     train_loader = DeviceLoader(data.x_train, data.y_train, min(experiment.batch_size, len(data.y_train)),

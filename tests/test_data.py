@@ -6,7 +6,18 @@ import torch
 from conftest import needs_fashion, write_cifar10, write_idx
 from torchvision.transforms import v2
 
-from reproduce.data import DatasetMissing, DeviceLoader, augment, load_dataset, random_crop, random_erasing, random_flip
+from reproduce.data import (
+    PADDING,
+    DatasetMissing,
+    DeviceLoader,
+    augment,
+    augment_padded,
+    crop_and_flip_gather,
+    crop_and_flip_windows,
+    draw_augmentation,
+    erase,
+    load_dataset,
+)
 
 
 def test_cifar10_pickle_layout_loads_with_split(tmp_path):
@@ -69,45 +80,74 @@ def _images(n=64, c=3, h=32, w=32, seed=0):
     return torch.rand(n, c, h, w, generator=torch.Generator().manual_seed(seed))
 
 
-def _all_windows(padded_img, h, w):
-    """Every h x w window of one padded image, as a tensor of windows."""
-    return padded_img.unfold(1, h, 1).unfold(2, w, 1).permute(1, 2, 0, 3, 4).reshape(-1, padded_img.shape[0], h, w)
+def _padded(x):
+    return torch.nn.functional.pad(x, (PADDING,) * 4)
 
 
-def test_crop_matches_torchvision_and_stays_inside_padded_image():
+def _reference_crop_flip(x, index, draws):
+    """One image at a time, by slicing the padded image: the definition of crop-then-flip."""
+    padded, (h, w) = _padded(x), x.shape[2:]
+    out = []
+    for k, i in enumerate(index.tolist()):
+        dy, dx = draws.dy[k].item(), draws.dx[k].item()
+        window = padded[i, :, dy:dy + h, dx:dx + w]
+        out.append(window.flip(2) if draws.flip[k] else window)
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_crop_and_flip_paths_match_a_per_image_reference(dtype):
+    x = (_images(40) * 255).to(dtype)
+    index = torch.randperm(40, generator=torch.Generator().manual_seed(0))[:25]  # a shuffled subset
+    draws = draw_augmentation(25, 32, 32, generator=torch.Generator().manual_seed(1))
+    expected = _reference_crop_flip(x, index, draws)
+    assert torch.equal(crop_and_flip_windows(_padded(x).numpy(), index, draws), expected)  # CPU path
+    assert torch.equal(crop_and_flip_gather(_padded(x), index, draws), expected)  # GPU path, run on the CPU
+    # picking images by index from the padded set is the same as augmenting the picked batch
+    assert torch.equal(augment_padded(_padded(x), index, torch.Generator().manual_seed(2)),
+                       augment(x[index], torch.Generator().manual_seed(2)))
+
+
+def test_crop_matches_torchvision_windows():
+    """Every output is a window of the padded image (or its mirror), as torchvision's RandomCrop gives."""
     x = _images(16)
-    ours = random_crop(x, 4, torch.Generator().manual_seed(1))
+    ours = augment(x, torch.Generator().manual_seed(1))
     theirs = torch.stack([v2.RandomCrop(32, padding=4)(img) for img in x])
-    assert ours.shape == theirs.shape == x.shape
-    padded = torch.nn.functional.pad(x, (4,) * 4)
+    padded = _padded(x)
     for i in range(len(x)):
-        windows = _all_windows(padded[i], 32, 32)
-        assert (windows == ours[i]).flatten(1).all(1).any(), "crop is not a window of the padded image"
+        windows = padded[i].unfold(1, 32, 1).unfold(2, 32, 1).permute(1, 2, 0, 3, 4).reshape(-1, 3, 32, 32)
+        windows = torch.cat([windows, windows.flip(3)])
+        kept = ours[i] != 0  # erasing zeroes a rectangle; the rest must be one window
+        assert ((windows == ours[i]) | ~kept).flatten(1).all(1).any(), "not a window of the padded image"
         assert (windows == theirs[i]).flatten(1).all(1).any()  # the same property holds for torchvision
 
 
 def test_crop_offsets_cover_the_whole_range():
     x = torch.zeros(2000, 1, 8, 8)
-    x[:, :, 0, 0] = 1  # marker: its position after the crop reveals the offset
-    out = random_crop(x, 4, torch.Generator().manual_seed(0))
+    x[:, :, 0, 0] = 1  # marker: its position after the crop reveals the offset (and the flip)
+    draws = draw_augmentation(2000, 8, 8, generator=torch.Generator().manual_seed(0))
+    out = crop_and_flip_windows(_padded(x).numpy(), torch.arange(2000), draws)
     positions = {tuple(p) for p in (out[:, 0] == 1).nonzero()[:, 1:].tolist()}
-    assert positions == {(r, c) for r in range(5) for c in range(5)}  # marker visible for shifts 0..4
+    # shifts 0..4 keep the marker visible; a flip mirrors its column
+    assert positions == {(r, c) for r in range(5) for c in list(range(5)) + list(range(3, 8))}
 
 
 def test_flip_is_a_flip_with_probability_one_half():
     x = _images(400)
-    out = random_flip(x, torch.Generator().manual_seed(0))
+    draws = draw_augmentation(400, 32, 32, generator=torch.Generator().manual_seed(0))
+    draws.dy[:], draws.dx[:] = PADDING, PADDING  # no shift: only the flip acts
+    out = crop_and_flip_windows(_padded(x).numpy(), torch.arange(400), draws)
     same = (out == x).flatten(1).all(1)
     flipped = (out == x.flip(3)).flatten(1).all(1)
-    assert (same | flipped).all()
+    assert torch.equal(flipped, draws.flip) and torch.equal(same, ~draws.flip)
     assert 0.4 < flipped.float().mean() < 0.6
 
 
 def test_erasing_matches_torchvision_statistics():
-    x = torch.ones(4000, 3, 32, 32)
-    ours = random_erasing(x, generator=torch.Generator().manual_seed(0))
+    draws = draw_augmentation(4000, 32, 32, generator=torch.Generator().manual_seed(0))
+    ours = erase(torch.ones(4000, 3, 32, 32), draws)
     torch.manual_seed(0)
-    theirs = torch.stack([v2.RandomErasing(p=0.5, value=0)(img) for img in x[:1000]])
+    theirs = torch.stack([v2.RandomErasing(p=0.5, value=0)(img) for img in torch.ones(1000, 3, 32, 32)])
     for out in (ours, theirs):
         erased = (out == 0).all(1).float().mean((1, 2))  # fraction of the image erased, per example
         hit = erased > 0
@@ -142,10 +182,19 @@ def test_loader_is_deterministic_per_epoch_and_covers_the_data():
     assert all(x.dtype == torch.float32 and x.max() <= 1 for x, _ in a)
 
 
-def test_cpu_and_gpu_crop_paths_agree():
-    from reproduce.data import _crop_by_gather, _crop_by_slices
-
-    x = torch.nn.functional.pad(_images(50), (4,) * 4)
-    g = torch.Generator().manual_seed(0)
-    dy, dx = torch.randint(0, 9, (50,), generator=g), torch.randint(0, 9, (50,), generator=g)
-    assert torch.equal(_crop_by_slices(x, dy, dx, 32, 32), _crop_by_gather(x, dy, dx, 32, 32))
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_augmented_batches_keep_each_image_with_its_label(drop_last):
+    n = 250
+    images = (torch.arange(n) + 1).to(torch.uint8).view(n, 1, 1, 1).expand(n, 3, 16, 16).contiguous()
+    labels = torch.arange(n)  # image i is filled with the value i + 1 (zero is padding and erasing)
+    loader = DeviceLoader(images, labels, 32, shuffle=True, augment=True, drop_last=drop_last)
+    loader.CHUNK = 64  # several chunks, and a last chunk that is not full
+    batches = list(loader)
+    assert len(batches) == len(loader) == (7 if drop_last else 8)
+    seen = torch.cat([y for _, y in batches])
+    assert len(seen.unique()) == len(seen) == (7 * 32 if drop_last else n)
+    for x, y in batches:
+        values = (x * 255).round()
+        own = (y + 1).float().view(-1, 1, 1, 1)
+        assert ((values == own) | (values == 0)).all()
+        assert (values == own).flatten(1).any(1).all()  # a window keeps >= 12 x 12 pixels, erasing takes <= 85
