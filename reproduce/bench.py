@@ -11,7 +11,6 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .attacks import AttackSpec, attack, attack_all_restarts
@@ -277,29 +276,37 @@ def format_results(results: dict) -> str:
 
 # --------------------------------------------------------------- planning a profile's compute
 
-def plan(profile_name: str, dataset: str = "cifar10", rates: dict | None = None) -> tuple[list[dict], float]:
-    """Every experiment and evaluation the profile runs, with estimated device seconds.
+def plan(profile_name: str, dataset: str = "cifar10", rates: dict | None = None) -> tuple[list[dict], float | None]:
+    """Every experiment and evaluation the profile runs, with its cost in image passes and, given measured
+    rates, in device seconds.
 
-    Cost model: one attack step or one training step costs one forward-backward pass of an image;
-    AT costs (1 + crafting steps) per training image, ALP (2 + steps). `rates` gives images per second
-    of a UM training step (`um_epoch_img_s`) at the profile's width; measured by `bench` on the device.
+    Cost model: one image pass is the forward and backward pass of one image, what one clean training
+    step or one attack step costs per image; AT costs (1 + crafting steps) passes per training image,
+    ALP (2 + steps). `rates` is the JSON of `bench` run on the target device: its `um_epoch_img_s` (image
+    passes per second) must be measured at the profile's width, else the estimate would be off by the
+    ratio of the two networks' costs. Returns the rows and the total seconds (None without rates).
     """
     from .attacks import table1_specs
     from .config import get_profile
     from .grid import surrogate_experiments, table1_experiments, table4_experiments
 
     prof = get_profile(profile_name)
-    rate = (rates or {}).get("um_epoch_img_s")
-    if rate is None:
-        raise ValueError("no measured rate: run `python -m reproduce bench --json bench.json` on the device first, "
-                         "then `plan --bench bench.json`")
+    rate = None
+    if rates is not None:
+        rate = rates.get("um_epoch_img_s")
+        if rate is None:
+            raise ValueError("the bench JSON has no um_epoch_img_s: write it with `python -m reproduce bench --json`")
+        if rates.get("model_width", prof.width) != prof.width:
+            raise ValueError(f"the bench measured a width-{rates['model_width']} network but profile {prof.name} "
+                             f"trains width {prof.width}: run `python -m reproduce bench --json` on the device the "
+                             f"profile is meant for (a GPU bench measures width 64)")
     sizes = {"cifar10": (45_000, 10_000), "fashion-mnist": (55_000, 10_000), "mnist": (55_000, 10_000)}
     n_train, n_test = sizes[dataset]
     n_test = min(n_test, prof.test_limit or n_test)
     per_image = {"UM": 1, "AT": 8, "ALP": 9}
     specs = table1_specs(prof.restarts, prof.mim_steps)
-    # forward-backward passes per test image: every attack step (20PGD: about two runs, as restarts attack
-    # only survivors) plus the seven PGD-7 runs of the eps curve
+    # passes per test image: every attack step (20PGD: about two runs, as restarts attack only survivors)
+    # plus the seven PGD-7 runs of the eps curve
     eval_passes = 1 + sum(s.steps * (1 if s.restarts == 1 else 2) for s in specs) + 7 * 7
     rows, seen = [], set()
     groups = (("Table I", table1_experiments(prof, dataset)), ("surrogates", surrogate_experiments(prof, dataset)),
@@ -309,16 +316,18 @@ def plan(profile_name: str, dataset: str = "cifar10", rates: dict | None = None)
             if e.key in seen:
                 continue
             seen.add(e.key)
-            images = min(n_train, e.train_limit or n_train) * e.epochs * per_image[e.defense]
+            passes = min(n_train, e.train_limit or n_train) * e.epochs * per_image[e.defense]
             rows.append({"what": f"train {e.label} {dict(e.loss_params) or ''}".strip(), "group": group,
-                         "seconds": images / rate})
+                         "passes": passes})
     for e in table1_experiments(prof, dataset):
         rows.append({"what": f"evaluate {e.label} (Table I + eps curve)", "group": "Table I",
-                     "seconds": n_test * eval_passes / rate})
+                     "passes": n_test * eval_passes})
     rows.append({"what": "black-box crafting, 5 surrogates x (FGSM + 20PGD)", "group": "Tables II-III",
-                 "seconds": 5 * n_test * (1 + 20 * 2) / rate})
-    rows.append({"what": "Table IV PGD-7 evaluations", "group": "Table IV", "seconds": 20 * n_test * 8 / rate})
+                 "passes": 5 * n_test * (1 + 20 * 2)})
+    rows.append({"what": "Table IV PGD-7 evaluations", "group": "Table IV", "passes": 20 * n_test * 8})
     appendix = 9 + 6  # (k1, k2) grid and scale sweep, UM ResNets
     rows.append({"what": f"appendix B/C: {appendix} UM models + evaluation", "group": "appendix",
-                 "seconds": appendix * (min(n_train, prof.train_limit or n_train) * prof.epochs + n_test * 16) / rate})
-    return rows, float(np.sum([r["seconds"] for r in rows]))
+                 "passes": appendix * (min(n_train, prof.train_limit or n_train) * prof.epochs + n_test * 16)})
+    for r in rows:
+        r["seconds"] = r["passes"] / rate if rate else None
+    return rows, (sum(r["seconds"] for r in rows) if rate else None)

@@ -107,9 +107,18 @@ def cmd_plan(args) -> int:
     rates = json.loads(open(args.bench).read()) if args.bench else None
     rows, total = plan(args.profile, args.dataset, rates)
     for r in rows:
-        print(f"{r['seconds'] / 60:8.1f} min  {r['group']:13s} {r['what']}")
-    print(f"{total / 3600:8.2f} h    total estimated device time for profile {args.profile} on {args.dataset} "
-          f"(at {rates['um_epoch_img_s']:.0f} img/s per training step, from {args.bench})")
+        cost = f"{r['seconds'] / 60:8.1f} min" if total is not None else f"{r['passes'] / 1e6:8.2f} M"
+        print(f"{cost}  {r['group']:13s} {r['what']}")
+    passes = sum(r["passes"] for r in rows)
+    print(f"{passes / 1e6:8.2f} M    image passes (forward + backward of one image) for profile {args.profile} on "
+          f"{args.dataset}; to finish in {args.hours:g} h a device must sustain "
+          f"{passes / (args.hours * 3600):,.0f} image passes per second")
+    if total is None:
+        print("For the device time, measure on the target device and pass the result: "
+              "`python -m reproduce bench --json bench.json`, then `plan --bench bench.json`.")
+    else:
+        print(f"{total / 3600:8.2f} h    estimated device time at {rates['um_epoch_img_s']:,.0f} image passes per "
+              f"second ({rates.get('device', 'device')}, from {args.bench})")
     return 0
 
 
@@ -151,6 +160,7 @@ def main(argv=None) -> int:
     p.add_argument("--profile", default=None)
     p.add_argument("--dataset", default="cifar10", choices=DATASETS)
     p.add_argument("--bench", default=None, help="JSON written by `bench --json` on the target device")
+    p.add_argument("--hours", type=float, default=3.0, help="the budget to compare with (default 3)")
     p.set_defaults(func=cmd_plan)
 
     args = parser.parse_args(argv)
