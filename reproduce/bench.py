@@ -18,7 +18,7 @@ from .config import make_experiment
 from .data import DeviceLoader
 from .defenses import crafting_spec, defense_loss
 from .models import build_model
-from .training import autocast, resolve_device
+from .training import autocast, native_bf16, resolve_device
 
 
 class Timer:
@@ -103,8 +103,8 @@ def run_benchmarks(device=None, smoke: bool = False, json_path: str | Path | Non
     repeats = 1 if smoke else 3
     images, labels = random_cifar(n)
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    results = {"device": name,
-               "images": n, "batch_size": batch, "smoke": smoke, "torch": torch.__version__}
+    results = {"device": name, "images": n, "batch_size": batch, "smoke": smoke, "torch": torch.__version__,
+               "bf16_training": native_bf16(device)}
 
     # 1. the loader alone
     ours = DeviceLoader(images, labels, batch, shuffle=True, augment=True, device=device, drop_last=True)
@@ -118,9 +118,9 @@ def run_benchmarks(device=None, smoke: bool = False, json_path: str | Path | Non
     results["loader_torchvision_workers"] = best
     results["loader_speedup"] = rates["ours"] / rates[best]
 
-    # 2. a whole smoke-profile training step: ours (device loader, channels-last model as `build_model`
-    #    gives it, bf16 on CUDA) vs the same model in PyTorch's default layout fed by the torchvision
-    #    pipeline in float32
+    # 2. a whole smoke-profile training step as `train` runs it (device loader, channels-last model as
+    #    `build_model` gives it, bf16 autocast where the device has it natively) vs the same model in
+    #    PyTorch's default layout fed by the torchvision pipeline in float32
     exp = make_experiment("SM", "UM", "smoke", "cifar10")
 
     def trainer(model, loader, amp):
@@ -268,10 +268,11 @@ TARGETS_CPU = {"loader_speedup": 10, "train_step_speedup": 1.5, "pgd_speedup_vs_
 
 
 def format_results(results: dict) -> str:
-    lines = [f"device: {results['device']}  (images {results['images']}, batch {results['batch_size']})", "",
+    lines = [f"device: {results['device']}  (images {results['images']}, batch {results['batch_size']}, "
+             f"bf16 training: {results['bf16_training']})", "",
              "| key | value | target (2-core CPU) |", "|---|---|---|"]
     for k, v in results.items():
-        if k in ("device", "images", "batch_size", "smoke", "torch"):
+        if k in ("device", "images", "batch_size", "smoke", "torch", "bf16_training"):
             continue
         shown = f"{v:.2f}" if isinstance(v, float) else str(v)
         target = TARGETS_CPU.get(k)

@@ -28,9 +28,22 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return device
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether the device computes in bf16 natively: CUDA, or a CPU with AMX or AVX-512 BF16 (where
+    oneDNN's bf16 convolutions are 1.1-1.2x faster than float32 for the smoke network on 2 cores;
+    on other CPUs bf16 would be emulated, and slower)."""
+    if device.type == "cuda":
+        return True
+    if device.type == "cpu":
+        checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+        return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+    return False
+
+
 def autocast(device: torch.device, enabled: bool = True):
-    """bf16 autocast on CUDA, a no-op elsewhere."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
+    """bf16 autocast for training where the device computes in bf16 natively, a no-op elsewhere.
+    Heads and losses still run in float32 (models.Classifier)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled and native_bf16(device))
 
 
 def data_for(experiment, root=None, test_limit=None) -> DataSplit:
