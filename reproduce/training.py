@@ -1,8 +1,9 @@
 """The one training loop, for every loss and defence.
 
-SGD with the paper's plateau schedule or a one-cycle schedule; bf16 autocast and channels-last on
-CUDA; the last and the best-validation checkpoints each epoch; resume after a crash or a kill with
-the same final numbers; a non-finite loss ends the run as "diverged" instead of raising.
+SGD with the paper's plateau schedule or a one-cycle schedule; channels-last models, bf16 autocast
+where the device has native bf16 (`native_bf16`); the last and the best-validation checkpoints each
+epoch; resume after a crash or a kill with the same final numbers; a non-finite loss ends the run as
+"diverged" instead of raising.
 """
 from __future__ import annotations
 
