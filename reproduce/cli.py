@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .config import DEFENSES, default_profile_name
+from .config import DEFENSES, OBJECTIVES, default_profile_name
 from .data import DATASETS
 from .losses import LOSSES
 
@@ -24,6 +24,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs", default=None, help="run store folder (default: $REPRODUCE_RUNS or ./runs)")
     p.add_argument("--data", default=None, help="dataset folder (default: $REPRODUCE_DATA or ./data)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--objectives", default="authors", choices=OBJECTIVES,
+                   help="AT / ALP objectives: as the authors' code computed the tables (default) or as the "
+                        "paper's text describes them")
 
 
 def _parse_value(text: str):
@@ -53,7 +56,7 @@ def cmd_train(args) -> int:
     overrides = {k: v for k, v in dict(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                                        train_limit=args.train_limit).items() if v is not None}
     exp = make_experiment(args.loss, args.defense, args.profile, args.dataset, args.seed,
-                          loss_params=_key_values(args.param), **overrides)
+                          loss_params=_key_values(args.param), objectives=args.objectives, **overrides)
     store = RunStore(args.runs)
     print(f"experiment {exp.label} ({exp.profile}, {exp.dataset}) -> {store.run_dir(exp)}")
     run = train(exp, store, device=args.device, data_root=args.data, progress=not args.quiet)
@@ -72,12 +75,12 @@ def cmd_grid(args) -> int:
     from .store import RunStore
 
     store = RunStore(args.runs)
-    exps = experiments_for(args.table, args.profile, args.dataset)
+    exps = experiments_for(args.table, args.profile, args.dataset, objectives=args.objectives)
     runs = train_all(exps, store, device=args.device, data_root=args.data, progress=not args.quiet)
     for exp, run in runs.items():
         acc = run.result["best_val_acc"]
         shown = f"{acc:.2f}" if acc is not None else "-"
-        print(f"{exp.label:10s} {str(dict(exp.loss_params) or ''):24s} {run.result['status']:9s} val {shown:>6s}  "
+        print(f"{exp.label:10s} {str(exp.changed_params or ''):24s} {run.result['status']:9s} val {shown:>6s}  "
               f"{run.run_dir}")
     return 0
 
@@ -86,7 +89,8 @@ def cmd_run(args) -> int:
     from .runner import run_notebooks
 
     return run_notebooks(args.profile_arg, args.dataset, device=args.device, runs_dir=args.runs or "runs",
-                         data_dir=args.data or "data", figures_dir=args.figures, only=args.only)
+                         data_dir=args.data or "data", figures_dir=args.figures, only=args.only,
+                         objectives=args.objectives)
 
 
 def cmd_bench(args) -> int:

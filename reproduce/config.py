@@ -28,6 +28,7 @@ class Profile:
     restarts: int  # restarts of the 20PGD column
     mim_steps: int = 40
     tsne_points: int = 1000
+    seeds: int = 1  # each table model is trained this many times (seeds 0, 1, ...); tables show mean and spread
 
 
 PROFILES = {
@@ -72,6 +73,12 @@ def get_profile(name: str | Profile | None = None, **overrides) -> Profile:
 
 
 DEFENSES = ("UM", "AT", "ALP")
+# How AT and ALP combine clean and adversarial terms: as the authors' code computed the published
+# numbers (per loss; see defenses.py), or as the paper's text describes them.
+OBJECTIVES = ("authors", "paper")
+# Bumped whenever a definition that decides a number changes (an objective, an attack, the split):
+# it enters every run hash and every evaluation cache, so nothing stale is ever served.
+PROTOCOL_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -102,14 +109,26 @@ class Experiment:
     attack_steps: int = 7
     craft_bn_mode: str = "train"  # batch-norm mode while crafting training examples (authors: train)
     augment: bool = True
+    objectives: str = "authors"  # AT / ALP objectives: "authors" (their code) or "paper" (its text)
 
     def __post_init__(self):
-        from .losses import LOSSES
+        from .losses import LOSSES, PAPER_LOSSES, resolve_loss_params
 
         if self.loss not in LOSSES:
             raise ValueError(f"unknown loss {self.loss!r}; choose one of {sorted(LOSSES)}")
         if self.defense not in DEFENSES:
             raise ValueError(f"unknown defense {self.defense!r}; choose one of {list(DEFENSES)}")
+        if self.objectives not in OBJECTIVES:
+            raise ValueError(f"unknown objectives {self.objectives!r}; choose one of {list(OBJECTIVES)}")
+        if self.defense == "UM":
+            # UM trains on clean images under either reading: one run serves both.
+            object.__setattr__(self, "objectives", "authors")
+        elif self.objectives == "authors" and self.loss not in PAPER_LOSSES:
+            raise ValueError(f"the authors' code defines AT / ALP objectives for {list(PAPER_LOSSES)} only; "
+                             f"train {self.loss}-{self.defense} with objectives='paper'")
+        # Every loss parameter written out, with the type of its default: s=4 and s=4.0 are one run,
+        # and a changed default retrains instead of reusing.
+        object.__setattr__(self, "loss_params", resolve_loss_params(self.loss, dict(self.loss_params)))
         if self.schedule not in ("onecycle", "plateau", "constant"):
             raise ValueError(f"unknown schedule {self.schedule!r}")
         if self.craft_bn_mode not in ("train", "eval"):
@@ -121,7 +140,8 @@ class Experiment:
 
     @property
     def key(self) -> str:
-        text = json.dumps(dataclasses.asdict(self), sort_keys=True, default=str)
+        fields = dict(dataclasses.asdict(self), protocol=PROTOCOL_VERSION)
+        text = json.dumps(fields, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     @property
@@ -138,19 +158,24 @@ class Experiment:
     def params(self) -> dict:
         return dict(self.loss_params)
 
+    @property
+    def changed_params(self) -> dict:
+        """The loss parameters that differ from the loss's defaults (for display)."""
+        from .losses import loss_parameters
+
+        defaults = loss_parameters(self.loss)
+        return {k: v for k, v in self.loss_params if defaults.get(k) != v}
+
 
 def make_experiment(loss: str = "SM", defense: str = "UM", profile: str | Profile | None = None,
                     dataset: str = "cifar10", seed: int = 0, loss_params: dict | None = None,
                     **overrides) -> Experiment:
     """An experiment with the profile's budgets; keyword overrides win over the profile."""
-    from .losses import loss_parameters, make_loss
+    from .losses import make_loss, resolve_loss_params
 
     prof = profile if isinstance(profile, Profile) else get_profile(profile)
-    loss_params = dict(loss_params or {})
-    make_loss(loss, 4, 2, **loss_params)  # unknown loss or parameter: a clear error now, not mid-run
-    # Parameters equal to their defaults are dropped, so the same model always has the same hash.
-    defaults = loss_parameters(loss)
-    loss_params = {k: v for k, v in loss_params.items() if defaults.get(k) != v}
+    loss_params = dict(resolve_loss_params(loss, dict(loss_params or {})))
+    make_loss(loss, 4, 2, **loss_params)  # a loss that cannot be built fails now, not mid-run
     adversarial = defense != "UM"
     fields = dict(dataset=dataset, loss=loss, defense=defense, seed=seed, profile=prof.name,
                   width=prof.width, epochs=prof.epochs, lr=prof.lr, schedule=prof.schedule, val_limit=prof.val_limit,

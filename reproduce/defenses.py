@@ -1,7 +1,12 @@
 """Defences as one function: (model, images, labels) -> (training objective, logits).
 
-UM trains on clean images, AT on PGD-7 images only, ALP on both plus a logit-pairing term.
-They call the model's own loss, so they work with every loss in the registry.
+UM trains on clean images. AT and ALP come in two readings (`objectives`):
+- "paper", as the paper's text describes them: AT is the model's own objective on PGD-7 images only;
+  ALP is L(x) + L(x_adv) + 0.5 * mean squared difference of the clean and adversarial logits.
+- "authors", as the authors' code computed the published numbers, per loss (the loss object's
+  `adversarial_objective`): SM trains on CE(x_adv) alone (ALP too: no clean CE); CenL and AAML on the
+  clean plus the adversarial objective; ConL and TL pair adversarial anchors with clean partners.
+  ALP adds 0.5 * the mean squared difference of the logits each loss pairs (AAML: margin logits).
 """
 from __future__ import annotations
 
@@ -23,15 +28,23 @@ def logit_pairing(clean_logits, adv_logits):
     return F.mse_loss(clean_logits, adv_logits)
 
 
-def defense_loss(model, x, y, defense: str, spec: AttackSpec | None = None, craft_bn_mode: str = "train"):
+def defense_loss(model, x, y, defense: str, spec: AttackSpec | None = None, craft_bn_mode: str = "train",
+                 objectives: str = "authors"):
     """The training objective of one batch under a defence, and the logits that score it
-    (adversarial logits for AT and ALP)."""
+    (adversarial prediction logits for AT and ALP)."""
     if defense == "UM":
         return model.loss(x, y)
     if defense not in ("AT", "ALP"):
         raise ValueError(f"unknown defense {defense!r}; choose UM, AT or ALP")
+    if objectives not in ("authors", "paper"):
+        raise ValueError(f"unknown objectives {objectives!r}; choose authors or paper")
     x_adv = attack(model, x, y, spec or AttackSpec("pgd", steps=7, random_start=True),
                    train_mode=craft_bn_mode == "train")
+    if objectives == "authors":
+        loss, adv_pair, clean_pair, adv_logits = model.adversarial_objective(x, x_adv, y)
+        if defense == "ALP":
+            loss = loss + ALP_WEIGHT * logit_pairing(clean_pair, adv_pair)
+        return loss, adv_logits
     adv_loss, adv_logits = model.loss(x_adv, y)
     if defense == "AT":
         return adv_loss, adv_logits

@@ -1,7 +1,8 @@
 """Accuracy under attack: the white-box table, the black-box matrix, and the sanity checks.
 
-Results are cached in each run's eval/ folder under a name that hashes the attack specs and the
-test set, so re-running a notebook costs nothing.
+Results are cached in each run's eval/ folder under a name that hashes the attack specs, the test
+set and the protocol version, so re-running a notebook costs nothing and a changed definition
+recomputes.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .attacks import AttackSpec, attack
+from .config import PROTOCOL_VERSION
 from .data import DeviceLoader
 from .store import RunStore, read_json, write_json
 
@@ -38,7 +40,7 @@ def robust_accuracy(model, images, labels, spec: AttackSpec | None, *, batch_siz
 
 
 def _cache_name(kind: str, specs, images) -> str:
-    payload = json.dumps([asdict(s) if s is not None else None for s in specs], sort_keys=True)
+    payload = json.dumps([PROTOCOL_VERSION] + [asdict(s) if s is not None else None for s in specs], sort_keys=True)
     digest = hashlib.sha256(payload.encode() + str((tuple(images.shape), int(images.float().sum()))).encode())
     return f"{kind}-{digest.hexdigest()[:12]}"
 
@@ -100,7 +102,8 @@ def evaluate_white_box(experiment, model, images, labels, specs, store: RunStore
 
 def craft(model, images, labels, spec: AttackSpec, batch_size: int = 250, progress: bool = False,
           desc: str | None = None) -> torch.Tensor:
-    """Adversarial images for a whole set, kept on the CPU as float."""
+    """Adversarial images for a whole set, kept on the CPU as float (restarts keep the first image
+    that fools `model`)."""
     device = next(model.parameters()).device
     out = []
     for x, y in tqdm(DeviceLoader(images, labels, batch_size, device=device), desc=desc,
@@ -109,24 +112,59 @@ def craft(model, images, labels, spec: AttackSpec, batch_size: int = 250, progre
     return torch.cat(out)
 
 
+@torch.no_grad()
+def _predicts_right(model, x, y) -> torch.Tensor:
+    was_training = model.training
+    model.eval()
+    right = (model(x).argmax(1) == y).cpu()
+    model.train(was_training)
+    return right
+
+
+def transfer_correct(surrogate, targets: dict, images, labels, spec: AttackSpec, *, batch_size: int = 250,
+                     progress: bool = False, desc: str | None = None) -> dict:
+    """{target label: bool per image}: whether the target classifies every adversarial image the
+    surrogate crafts for that image correctly. Each of the spec's restarts is crafted in full on the
+    surrogate (never filtered by whether it fools the surrogate) and scored on every target; an image
+    counts as robust only if the target survives all of them, as the authors scored Table III."""
+    device = next(surrogate.parameters()).device
+    single = replace(spec, restarts=1)
+    correct = {t: [] for t in targets}
+    for x, y in tqdm(DeviceLoader(images, labels, batch_size, device=device), desc=desc,
+                     disable=not progress, leave=False):
+        survived = {t: torch.ones(len(y), dtype=torch.bool) for t in targets}
+        for _ in range(spec.restarts):
+            x_adv = attack(surrogate, x, y, single)
+            for t, target in targets.items():
+                survived[t] &= _predicts_right(target, x_adv, y)
+        for t in targets:
+            correct[t].append(survived[t])
+    return {t: torch.cat(c) for t, c in correct.items()}
+
+
 def black_box(surrogates: dict, targets: dict, images, labels, spec: AttackSpec, *,
               progress: bool = True) -> dict:
-    """{target label: {surrogate label: accuracy of the target on the surrogate's adversarial images}}."""
+    """{target label: {surrogate label: accuracy of the target on the surrogate's adversarial images}}
+    (with restarts, an image counts only if the target survives every restart: `transfer_correct`)."""
     matrix = {t: {} for t in targets}
     for s_label, surrogate in surrogates.items():
-        adv = craft(surrogate, images, labels, spec, progress=progress, desc=f"craft {spec.column} on {s_label}")
-        for t_label, target in targets.items():
-            matrix[t_label][s_label] = robust_accuracy(target, adv, labels, None)
+        correct = transfer_correct(surrogate, targets, images, labels, spec, progress=progress,
+                                   desc=f"craft {spec.column} on {s_label}")
+        for t_label, right in correct.items():
+            matrix[t_label][s_label] = 100.0 * right.float().mean().item()
     return matrix
 
 
 def black_box_checks(matrix: dict, white: dict, tol: float = ORDER_TOLERANCE) -> list[str]:
-    """A transferred attack should not beat the white-box attack on the same target."""
+    """A transferred attack is expected to be weaker than the white-box attack on the same target; when
+    it is stronger, the white-box gradients may be masked. A signal to look at, not an error: the
+    paper's own AAML-UM scores 48.52 under transferred FGSM and 52.04 under white-box FGSM."""
     flags = []
     for target, row in matrix.items():
         if target not in white:
             continue
         for surrogate, acc in row.items():
             if acc + tol < white[target]:
-                flags.append(f"{target}: black-box from {surrogate} ({acc:.2f}) below white-box ({white[target]:.2f})")
+                flags.append(f"{target}: transfer from {surrogate} ({acc:.2f}) is stronger than the white-box attack "
+                             f"({white[target]:.2f}), a possible sign of masked gradients")
     return flags

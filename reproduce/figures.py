@@ -122,18 +122,31 @@ def heatmap(df, path=None, title: str = "", xlabel: str = "", ylabel: str = "", 
     return save(fig, path) if own else fig
 
 
+def _mean_and_sd(runs: list, key: str):
+    """Epochs and, per epoch, the mean and standard deviation of `key` over the runs that reached it."""
+    epochs = sorted({r["epoch"] for records in runs for r in records})
+    values = [[r.get(key, np.nan) for records in runs for r in records if r["epoch"] == e] for e in epochs]
+    mean = np.array([np.nanmean(v) for v in values])
+    sd = np.array([np.nanstd(v) if len(v) > 1 else 0.0 for v in values])
+    return np.array(epochs), mean, sd
+
+
 def training_curves(metrics: dict, path=None, profile: str | None = None):
-    """Validation accuracy and training loss per epoch for each model: {label: [metric records]}."""
+    """Validation accuracy and training loss per epoch for each model: {label: [metric records of one
+    seed, ...]}; with several seeds a line is their mean and the band one standard deviation."""
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4.2))
     styles = {"UM": "-", "AT": "--", "ALP": ":"}
-    for i, (label, records) in enumerate(metrics.items()):
-        if not records:
+    for i, (label, runs) in enumerate(metrics.items()):
+        runs = [records for records in runs if records]
+        if not runs:
             continue
-        epochs = [r["epoch"] for r in records]
         colour = CLASS_COLORS(i // 3 % 10)
         ls = styles.get(label.split("-")[-1], "-")
-        ax_loss.plot(epochs, [r["train_loss"] for r in records], ls, color=colour, label=label)
-        ax_acc.plot(epochs, [r.get("val_acc", np.nan) for r in records], ls, color=colour, label=label)
+        for ax, key in ((ax_loss, "train_loss"), (ax_acc, "val_acc")):
+            epochs, mean, sd = _mean_and_sd(runs, key)
+            ax.plot(epochs, mean, ls, color=colour, label=label + (f" ({len(runs)} seeds)" if len(runs) > 1 else ""))
+            if len(runs) > 1:
+                ax.fill_between(epochs, mean - sd, mean + sd, color=colour, alpha=0.15, linewidth=0)
     ax_loss.set(xlabel="epoch", ylabel="training objective", title="Training loss (adversarial batch for AT/ALP)")
     ax_acc.set(xlabel="epoch", ylabel="clean validation accuracy (%)", title="Validation accuracy")
     ax_loss.set_yscale("log")

@@ -9,6 +9,7 @@ Weights follow the authors' code (see PROTOCOL.md); every number is a constructo
 from __future__ import annotations
 
 import inspect
+import math
 
 import torch
 import torch.nn as nn
@@ -33,22 +34,70 @@ class Loss(nn.Module):
     def logits(self, f: torch.Tensor) -> torch.Tensor:
         return self.head(f)
 
+    def training_logits(self, f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The logits the training cross-entropy sees: the prediction logits, with the margin of an
+        angular loss added in training mode."""
+        return self.logits(f)
+
     def objective(self, f, y, logits) -> torch.Tensor:
         return F.cross_entropy(logits, y)
 
+    def penalty(self, f: torch.Tensor):
+        return self.feature_penalty * feature_norm_penalty(f) if self.feature_penalty else 0.0
+
     def forward(self, f: torch.Tensor, y: torch.Tensor):
         logits = self.logits(f)
-        loss = self.objective(f, y, logits)
-        if self.feature_penalty:
-            loss = loss + self.feature_penalty * feature_norm_penalty(f)
-        return loss, logits
+        return self.objective(f, y, logits) + self.penalty(f), logits
+
+    def adversarial_objective(self, f_clean, f_adv, y):
+        """The AT objective of the authors' code for this loss, from the clean and adversarial embeddings
+        of one batch: (objective, adversarial logits, clean logits), the two logit sets being the ones
+        ALP pairs."""
+        raise ValueError(f"the authors' code defines no adversarial objective for {type(self).__name__}; "
+                         "use objectives='paper'")
+
+    def _clean_plus_adversarial(self, f_clean, f_adv, y):
+        # The authors' CenL and AAML: the whole objective on the clean batch plus on the adversarial batch.
+        loss = self(f_clean, y)[0] + self(f_adv, y)[0]
+        return loss, self.training_logits(f_adv, y), self.training_logits(f_clean, y)
 
 
 class SoftmaxLoss(Loss):
     """SM: cross-entropy on a linear head."""
 
+    def adversarial_objective(self, f_clean, f_adv, y):
+        # CE on the adversarial batch only, for AT and ALP alike: the authors' SM-ALP has no clean CE.
+        adv = self.logits(f_adv)
+        return F.cross_entropy(adv, y) + self.penalty(f_adv), adv, self.logits(f_clean)
 
-class ContrastiveLoss(Loss):
+
+class MetricLoss(Loss):
+    """CE + weight * a pair or triplet loss on cosine distance (pytorch-metric-learning) + the norm penalty.
+
+    Under adversarial training the authors' code pairs adversarial anchors with clean partners: the
+    metric loss sees (adversarial anchor, clean positive / negative), the CE only the anchors that have
+    a partner, and the norm penalty is averaged over the ends of every pair or triplet."""
+
+    def __init__(self, embedding_dim, num_classes, weight: float, feature_penalty: float):
+        super().__init__(embedding_dim, num_classes, feature_penalty)
+        self.weight = weight
+
+    def objective(self, f, y, logits):
+        return F.cross_entropy(logits, y) + self.weight * self.metric(f, y)
+
+    def _anchored(self, f_clean, f_adv, y, anchors, metric, norm):
+        if not bool(anchors.any()):  # no pair in the batch: nothing for the metric, CE on every example
+            anchors = torch.ones_like(anchors)
+        adv, clean = self.logits(f_adv)[anchors], self.logits(f_clean)[anchors]
+        loss = F.cross_entropy(adv, y[anchors]) + self.weight * metric + self.feature_penalty * norm
+        return loss, adv, clean
+
+
+def _squared_norms(f: torch.Tensor) -> torch.Tensor:
+    return f.pow(2).sum(1)
+
+
+class ContrastiveLoss(MetricLoss):
     """ConL: CE + weight * contrastive loss on cosine distance d = 1 - cos.
 
     Positive pairs cost d, negative pairs relu(margin - d); each part is averaged over its pairs with
@@ -58,28 +107,44 @@ class ContrastiveLoss(Loss):
 
     def __init__(self, embedding_dim, num_classes, weight: float = 2.0, margin: float = 0.3,
                  feature_penalty: float = 0.001):
-        super().__init__(embedding_dim, num_classes, feature_penalty)
-        self.weight = weight
+        super().__init__(embedding_dim, num_classes, weight, feature_penalty)
         self.metric = pml_losses.ContrastiveLoss(pos_margin=1.0, neg_margin=1.0 - margin,
                                                  distance=pml_distances.CosineSimilarity())
 
-    def objective(self, f, y, logits):
-        return F.cross_entropy(logits, y) + self.weight * self.metric(f, y)
+    def adversarial_objective(self, f_clean, f_adv, y):
+        # pairs (adversarial i, clean j), i != j: every same-class pair, and other-class pairs inside the margin
+        other = ~torch.eye(len(y), dtype=torch.bool, device=y.device)
+        same = y[:, None] == y[None, :]
+        with torch.no_grad():
+            inside = self.metric.distance(f_adv, f_clean) > self.metric.neg_margin
+        pos, neg = same & other, ~same & other & inside
+        pairs = (*pos.nonzero(as_tuple=True), *neg.nonzero(as_tuple=True))
+        metric = self.metric(f_adv, y, indices_tuple=pairs, ref_emb=f_clean, ref_labels=y)
+        a, p = (pos | neg).nonzero(as_tuple=True)
+        norm = (_squared_norms(f_adv)[a] + _squared_norms(f_clean)[p]).mean() if len(a) else 0.0
+        return self._anchored(f_clean, f_adv, y, (pos | neg).any(1), metric, norm)
 
 
-class TripletLoss(Loss):
+class TripletLoss(MetricLoss):
     """TL: CE + weight * batch-all triplet loss relu(d(a,p) - d(a,n) + margin) on cosine distance,
     averaged over the triplets with a positive cost (pytorch-metric-learning's TripletMarginLoss)."""
 
     def __init__(self, embedding_dim, num_classes, weight: float = 2.0, margin: float = 0.03,
                  feature_penalty: float = 0.001):
-        super().__init__(embedding_dim, num_classes, feature_penalty)
-        self.weight = weight
+        super().__init__(embedding_dim, num_classes, weight, feature_penalty)
         self.metric = pml_losses.TripletMarginLoss(margin=margin, distance=pml_distances.CosineSimilarity(),
                                                    triplets_per_anchor="all")
 
-    def objective(self, f, y, logits):
-        return F.cross_entropy(logits, y) + self.weight * self.metric(f, y)
+    def adversarial_objective(self, f_clean, f_adv, y):
+        # triplets (adversarial anchor a, clean positive p != a, clean negative n)
+        same = y[:, None] == y[None, :]
+        positive = same & ~torch.eye(len(y), dtype=torch.bool, device=y.device)
+        valid = positive[:, :, None] & ~same[:, None, :]
+        a, p, n = valid.nonzero(as_tuple=True)
+        metric = self.metric(f_adv, y, indices_tuple=(a, p, n), ref_emb=f_clean, ref_labels=y)
+        sq_adv, sq_clean = _squared_norms(f_adv), _squared_norms(f_clean)
+        norm = (sq_adv[a] + sq_clean[p] + sq_clean[n]).mean() if len(a) else 0.0
+        return self._anchored(f_clean, f_adv, y, valid.flatten(1).any(1), metric, norm)
 
 
 class CenterLoss(Loss):
@@ -99,6 +164,8 @@ class CenterLoss(Loss):
 
     def objective(self, f, y, logits):
         return F.cross_entropy(logits, y) + self.weight * self.center_loss(f, y)
+
+    adversarial_objective = Loss._clean_plus_adversarial
 
 
 class CosineHeadLoss(Loss):
@@ -129,12 +196,14 @@ class CosineHeadLoss(Loss):
         """The target cosine after the margin; subclasses define the margin's form."""
         raise NotImplementedError
 
-    def objective(self, f, y, logits):
+    def training_logits(self, f, y):
         cos = self.cosines(f)
         if self.training and self.m:
-            target = self.margin_cosines(cos, y)
-            cos = cos.scatter(1, y[:, None], target[:, None])
-        return F.cross_entropy(self.scale(f) * cos, y)
+            cos = cos.scatter(1, y[:, None], self.margin_cosines(cos, y)[:, None])
+        return self.scale(f) * cos
+
+    def objective(self, f, y, logits):
+        return F.cross_entropy(self.training_logits(f, y), y)
 
 
 class ArcFaceLoss(CosineHeadLoss):
@@ -150,7 +219,11 @@ class ArcFaceLoss(CosineHeadLoss):
     def margin_cosines(self, cos, y):
         cos_y = cos.gather(1, y[:, None]).squeeze(1)
         theta = torch.acos(cos_y.clamp(-1 + 1e-6, 1 - 1e-6))  # clamp: acos has infinite slope at +-1
-        return torch.cos(theta + self.m)
+        # Past theta = pi - m, cos(theta + m) would rise again and reward a wrong feature; there the
+        # target falls back to cos(theta) - m sin(m), as ArcFace implementations (and the authors') do.
+        return torch.where(theta + self.m <= math.pi, torch.cos(theta + self.m), cos_y - self.m * math.sin(self.m))
+
+    adversarial_objective = Loss._clean_plus_adversarial
 
 
 class CosFaceLoss(CosineHeadLoss):
@@ -247,6 +320,39 @@ def loss_parameters(name: str) -> dict:
             if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
                 params[p.name] = p.default
     return params
+
+
+def _coerce(loss: str, name: str, value, default):
+    """A loss parameter in the type of its default (s=4 and s=4.0 are one model), or a clear error."""
+    where = f"loss {loss} parameter {name}={value!r}"
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"{where}: expected true or false")
+        return value
+    if isinstance(default, (int, float)) or (default is None and name == "s"):
+        if value is None and name == "s":  # s=None: the feature norm is the scale
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{where}: expected a finite number")
+        if isinstance(default, int) and not isinstance(default, bool) and float(value) != int(value):
+            raise ValueError(f"{where}: expected a whole number")
+        return int(value) if isinstance(default, int) else float(value)
+    if isinstance(default, str) and not isinstance(value, str):
+        raise ValueError(f"{where}: expected one of the words the loss takes")
+    return value
+
+
+def resolve_loss_params(name: str, params: dict) -> tuple:
+    """Every parameter of a loss, defaults written out and values in their defaults' types, as sorted
+    (name, value) pairs: the form an experiment stores and hashes."""
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; choose one of {sorted(LOSSES)}")
+    defaults = loss_parameters(name)
+    unknown = set(params) - set(defaults)
+    if unknown:
+        raise ValueError(f"loss {name} has no parameter(s) {sorted(unknown)}; it takes {sorted(defaults)}")
+    resolved = dict(defaults, **{k: _coerce(name, k, v, defaults[k]) for k, v in params.items()})
+    return tuple(sorted(resolved.items()))
 
 
 def make_loss(name: str, embedding_dim: int, num_classes: int, **params) -> Loss:

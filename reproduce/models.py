@@ -95,6 +95,18 @@ class Classifier(nn.Module):
     def loss(self, x, y):
         return self._in_float32(self.criterion, self.embedder(x), y)
 
+    def adversarial_objective(self, x, x_adv, y):
+        """The authors' AT objective of the loss (losses.Loss.adversarial_objective), with the clean and
+        adversarial batches passed through the network separately (as in their code, each with its own
+        batch statistics). Returns (objective, adversarial pair logits, clean pair logits, adversarial
+        prediction logits)."""
+        f_clean, f_adv = self.embedder(x), self.embedder(x_adv)
+
+        def terms(f_adv, f_clean, y):
+            return (*self.criterion.adversarial_objective(f_clean, f_adv, y), self.criterion.logits(f_adv))
+
+        return self._in_float32(terms, f_adv, f_clean.float(), y)
+
 
 def build_model(experiment, in_channels: int, num_classes: int) -> Classifier:
     """The network and loss an experiment names, freshly initialised from its seed."""

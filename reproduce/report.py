@@ -22,8 +22,10 @@ from .store import RunStore, write_json
 from .training import load_trained
 
 
-def output_dir(dataset: str, profile, root: str | Path = "figures") -> Path:
-    out = Path(root) / f"{dataset}-{get_profile(profile).name}"
+def output_dir(dataset: str, profile, root: str | Path = "figures", objectives: str = "authors") -> Path:
+    """figures/<dataset>-<profile>/, with a -paper-objectives suffix for the paper's reading of AT / ALP."""
+    suffix = "" if objectives == "authors" else f"-{objectives}-objectives"
+    out = Path(root) / f"{dataset}-{get_profile(profile).name}{suffix}"
     out.mkdir(parents=True, exist_ok=True)
     return out
 
@@ -58,7 +60,8 @@ def record_experiments(out_dir: Path, experiments, store: RunStore) -> None:
     for e in experiments:
         result = store.result(e)
         entries[e.run_name] = {"label": e.label, "key": e.key, "loss_params": dict(e.loss_params),
-                               "seed": e.seed, "status": result["status"] if result else "missing"}
+                               "seed": e.seed, "objectives": e.objectives,
+                               "status": result["status"] if result else "missing"}
     update_manifest(out_dir, experiments=entries)
 
 
@@ -73,8 +76,10 @@ def small_dataset(data_root=None, prefer: str = "mnist") -> str:
 
 # ------------------------------------------------------------------ figures of the paper
 
-def fig_training_curves(profile, dataset: str, store: RunStore, out_dir: Path):
-    metrics = {e.label: store.metrics(e) for e in table1_experiments(profile, dataset)}
+def fig_training_curves(profile, dataset: str, store: RunStore, out_dir: Path, objectives: str = "authors"):
+    metrics = {}
+    for e in table1_experiments(profile, dataset, objectives=objectives):
+        metrics.setdefault(e.label, []).append(store.metrics(e))  # one list of epochs per seed
     return figures.training_curves(metrics, Path(out_dir) / "fig_training_curves.png", get_profile(profile).name)
 
 

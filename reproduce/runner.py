@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .config import get_profile
+from .config import OBJECTIVES, get_profile
 from .data import DatasetMissing, check_dataset
 from .report import git_commit, now, output_dir, update_manifest
 from .training import resolve_device
@@ -37,11 +37,15 @@ def choose_profile(profile: str | None) -> str:
 def run_notebooks(profile: str | None = None, dataset: str = "cifar10", *, device: str | None = None,
                   runs_dir: str | Path = "runs", data_dir: str | Path = "data", figures_dir: str | Path = "figures",
                   notebooks_dir: str | Path | None = None, only: list[str] | None = None,
-                  profile_overrides: dict | None = None) -> int:
-    """Run the notebooks; `profile_overrides` changes budgets of the profile (e.g. {"epochs": 1})."""
+                  profile_overrides: dict | None = None, objectives: str = "authors") -> int:
+    """Run the notebooks; `profile_overrides` changes budgets of the profile (e.g. {"epochs": 1});
+    `objectives` chooses the AT / ALP objectives ("authors", the default, or "paper")."""
     import papermill
 
     profile = choose_profile(profile)
+    if objectives not in OBJECTIVES:
+        print(f"error: unknown objectives {objectives!r}; choose one of {list(OBJECTIVES)}")
+        return 2
     runs_dir, data_dir, figures_dir = (Path(p).resolve() for p in (runs_dir, data_dir, figures_dir))
     try:
         check_dataset(dataset, data_dir)  # in seconds, before any notebook starts
@@ -50,13 +54,13 @@ def run_notebooks(profile: str | None = None, dataset: str = "cifar10", *, devic
         return 2
     device = str(resolve_device(device))
     notebooks_dir = Path(notebooks_dir or REPO / "notebooks")
-    executed_dir = runs_dir / "notebooks" / f"{dataset}-{profile}"
+    executed_dir = runs_dir / "notebooks" / f"{dataset}-{profile}{'' if objectives == 'authors' else '-' + objectives}"
     executed_dir.mkdir(parents=True, exist_ok=True)
-    out = output_dir(dataset, profile, figures_dir)
-    update_manifest(out, profile=profile, dataset=dataset, commit=git_commit(), device=device, start_time=now(),
-                    end_time=None)
-    params = dict(profile=profile, dataset=dataset, device=device, runs_dir=str(runs_dir),
-                  data_dir=str(data_dir), figures_dir=str(figures_dir), profile_overrides=profile_overrides or {})
+    out = output_dir(dataset, profile, figures_dir, objectives)
+    update_manifest(out, profile=profile, dataset=dataset, objectives=objectives, commit=git_commit(), device=device,
+                    start_time=now(), end_time=None)
+    params = dict(profile=profile, dataset=dataset, device=device, runs_dir=str(runs_dir), data_dir=str(data_dir),
+                  figures_dir=str(figures_dir), profile_overrides=profile_overrides or {}, objectives=objectives)
     names = [n for n in NOTEBOOKS if not only or n in only or n.split("_")[0] in only]
     total_start = time.perf_counter()
     for i, name in enumerate(names, 1):

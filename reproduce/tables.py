@@ -1,6 +1,8 @@
 """The paper's tables from our runs, each beside the paper's published numbers.
 
-Every table is written as CSV (our numbers) and Markdown (ours / paper / difference, cell by cell).
+A table is computed as cells (row, column, seed, accuracy, test images): `summarise` gives each cell's
+mean, spread over seeds and 95% Wilson interval, `wide` the table as the paper prints it. Every table
+is written as CSV (means), a CSV of intervals, and Markdown (ours ± interval / paper, cell by cell).
 """
 from __future__ import annotations
 
@@ -13,10 +15,11 @@ from pathlib import Path
 import pandas as pd
 
 from .attacks import AttackSpec, table1_specs
-from .config import get_profile
+from .config import PROTOCOL_VERSION, get_profile
 from .evaluation import black_box, black_box_checks, evaluate_white_box
-from .grid import TABLE4_MARGINS, TABLE4_SCALES, surrogate_experiments, table1_experiments, table4_experiments
+from .grid import SURROGATE_SEED_OFFSET, seeds, surrogate_experiments, table1_experiments, table4_experiments
 from .losses import PAPER_LOSSES
+from .stats import wilson_interval
 from .store import RunStore, read_json, write_json
 from .training import load_trained
 
@@ -44,35 +47,97 @@ def _fmt(v) -> str:
     return "-" if v is None or pd.isna(v) else f"{v:.2f}"
 
 
-def comparison_markdown(ours: pd.DataFrame, paper: pd.DataFrame, dataset: str, title: str,
-                        notes: list[str] = ()) -> str:
-    """One Markdown table: each cell 'ours / paper (difference)'."""
-    paper_label = "paper (CIFAR-10)" if dataset == "cifar10" else "paper's CIFAR-10 result"
-    lines = [f"### {title}", "", f"Each cell: ours on {dataset} / {paper_label} (ours minus paper).", ""]
-    cols = list(ours.columns)
-    lines.append("| " + " | ".join([ours.index.name or ""] + [COLUMN_TITLES.get(c, c) for c in cols]) + " |")
-    lines.append("|" + "---|" * (len(cols) + 1))
-    for idx, row in ours.iterrows():
+# ---------------------------------------------------------------- cells: one accuracy per row, column and seed
+
+def cell(row: str, column: str, seed: int, accuracy, n: int) -> dict:
+    """One measured accuracy (percent; NaN for a model that did not train) on n test images."""
+    return {"row": row, "column": column, "seed": seed,
+            "accuracy": float("nan") if accuracy is None else float(accuracy), "n": int(n)}
+
+
+def summarise(cells: pd.DataFrame) -> pd.DataFrame:
+    """One line per (row, column): the mean and standard deviation over seeds (models that did not
+    train left out), how many seeds and test images, and the 95% Wilson interval of the mean accuracy
+    over every seed's test images. Rows and columns keep their order."""
+    g = cells.groupby(["row", "column"], sort=False)
+    out = g.agg(mean=("accuracy", "mean"), sd=("accuracy", "std"), seeds=("accuracy", "count"),
+                n_images=("n", "first")).reset_index()
+    bounds = [wilson_interval(m, n * k) for m, n, k in zip(out["mean"], out["n_images"], out["seeds"])]
+    out["ci_low"], out["ci_high"] = [b[0] for b in bounds], [b[1] for b in bounds]
+    return out
+
+
+def wide(cells: pd.DataFrame, value: str = "accuracy", index_name: str | None = None) -> pd.DataFrame:
+    """The table as the paper prints it: the mean over seeds of each cell, rows and columns in order."""
+    summary = summarise(cells)
+    df = summary.pivot(index="row", columns="column", values="mean" if value == "accuracy" else value)
+    df = df.reindex(index=pd.unique(cells["row"]), columns=pd.unique(cells["column"]))
+    df.index.name, df.columns.name = index_name, None
+    return df
+
+
+def white_box_column(cells: pd.DataFrame, column: str) -> dict:
+    """{model label: mean accuracy} of one Table I column (models that trained)."""
+    return {label: v for label, v in wide(cells)[column].items() if not pd.isna(v)}
+
+
+def comparison_markdown(summary: pd.DataFrame, paper: pd.DataFrame, dataset: str, title: str,
+                        notes: list[str] = (), index_name: str = "") -> str:
+    """One Markdown table: each cell 'ours ±half-width / paper'. On CIFAR-10 the difference follows, and
+    is marked when the paper's number lies inside our 95% interval; on another dataset a difference
+    would compare two datasets, so it is left out."""
+    same_data = dataset == "cifar10"
+    several = bool((summary["seeds"] > 1).any())
+    spread = ", sd: the standard deviation over seeds" if several else ""
+    header = (f"Each cell: ours on {dataset} ± half the 95% Wilson interval{spread} / the paper's number"
+              + (" (ours minus paper; 'in CI' when the paper's number lies inside our interval)." if same_data
+                 else " on CIFAR-10 (another dataset: no difference is shown)."))
+    rows = list(pd.unique(summary["row"]))
+    cols = list(pd.unique(summary["column"]))
+    lines = [f"### {title}", "", header, "",
+             "| " + " | ".join([index_name] + [COLUMN_TITLES.get(c, c) for c in cols]) + " |",
+             "|" + "---|" * (len(cols) + 1)]
+    by_cell = summary.set_index(["row", "column"])
+    for r in rows:
         cells = []
         for c in cols:
-            p = paper.loc[idx, c] if idx in paper.index and c in paper.columns else None
-            o = row[c]
-            diff = "" if o is None or pd.isna(o) or p is None or pd.isna(p) else f" ({o - p:+.2f})"
-            cells.append(f"{_fmt(o)} / {_fmt(p)}{diff}")
-        lines.append(f"| {idx} | " + " | ".join(cells) + " |")
+            s = by_cell.loc[(r, c)]
+            p = paper.loc[r, c] if r in paper.index and c in paper.columns else None
+            ours = _fmt(s["mean"])
+            if not pd.isna(s["mean"]):
+                ours += f" ±{(s['ci_high'] - s['ci_low']) / 2:.2f}"
+                if s["seeds"] > 1:
+                    ours += f" sd {s['sd']:.2f}"
+            text = f"{ours} / {_fmt(p)}"
+            if same_data and not pd.isna(s["mean"]) and p is not None and not pd.isna(p):
+                inside = s["ci_low"] <= p <= s["ci_high"]
+                text += f" ({s['mean'] - p:+.2f}{', in CI' if inside else ''})"
+            cells.append(text)
+        lines.append(f"| {r} | " + " | ".join(cells) + " |")
+    n = sorted(set(summary["n_images"]))
+    k = sorted(set(summary["seeds"]))
+    lines += ["", f"- {', '.join(map(str, n))} test images per model, {'/'.join(map(str, k))} seed(s) per cell."]
     if notes:
-        lines += ["", *[f"- {n}" for n in notes]]
+        lines += [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
 
 
-def write_table(ours: pd.DataFrame, name: str, out_dir: Path, dataset: str, title: str,
-                notes: list[str] = (), file_stem: str | None = None) -> str:
-    """Write <stem>.csv and <stem>.md; return the Markdown."""
+def write_table(cells: pd.DataFrame, name: str, out_dir: Path, dataset: str, title: str,
+                notes: list[str] = (), file_stem: str | None = None, index_name: str = "") -> str:
+    """Write <stem>.csv (the mean of each cell, as the paper's table), <stem>_intervals.csv (mean, sd,
+    seeds, test images, 95% interval and the paper's number, a line per cell) and <stem>.md; return
+    the Markdown."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = file_stem or name
-    ours.to_csv(out_dir / f"{stem}.csv", float_format="%.2f")
-    md = comparison_markdown(ours, paper_table(name), dataset, title, notes)
+    wide(cells, index_name=index_name).to_csv(out_dir / f"{stem}.csv", float_format="%.2f")
+    summary = summarise(cells)
+    paper = paper_table(name)
+    summary["paper"] = [paper.loc[r, c] if r in paper.index and c in paper.columns else None
+                        for r, c in zip(summary["row"], summary["column"])]
+    summary.rename(columns={"row": index_name or "row"}).to_csv(out_dir / f"{stem}_intervals.csv", index=False,
+                                                                float_format="%.2f")
+    md = comparison_markdown(summary, paper, dataset, title, notes, index_name)
     (out_dir / f"{stem}.md").write_text(md)
     return md
 
@@ -81,27 +146,31 @@ def _test_images(data, profile):
     return data.x_test[:profile.test_limit], data.y_test[:profile.test_limit]
 
 
-def table1(profile_name, dataset: str, data, store: RunStore, device=None, progress: bool = True):
-    """Table I: 15 models x (clean + six attacks), with each model's sanity flags.
+def _seed_prefix(exp, profile) -> str:
+    return f"seed {exp.seed}: " if profile.seeds > 1 else ""
 
-    Returns (DataFrame indexed by model label, {label: flags})."""
+
+def table1(profile_name, dataset: str, data, store: RunStore, device=None, progress: bool = True,
+           objectives: str = "authors"):
+    """Table I: 15 models x (clean + six attacks), for every seed, with each model's sanity flags.
+
+    Returns (cells, {label: flags}); `wide(cells)` is the table as the paper prints it."""
     profile = get_profile(profile_name)
     x, y = _test_images(data, profile)
     specs = table1_specs(restarts=profile.restarts, mim_steps=profile.mim_steps)
-    rows, flags = {}, {}
-    for exp in table1_experiments(profile, dataset):
+    records, flags = [], {}
+    for exp in table1_experiments(profile, dataset, objectives=objectives):
+        found = flags.setdefault(exp.label, [])
         result = store.result(exp)
         if result is None or result["status"] != "finished":
-            rows[exp.label] = {c: None for c in TABLE1_COLUMNS}
-            flags[exp.label] = ["not trained" if result is None else "diverged"]
+            records += [cell(exp.label, c, exp.seed, None, len(y)) for c in TABLE1_COLUMNS]
+            found.append(_seed_prefix(exp, profile) + ("not trained" if result is None else "diverged"))
             continue
         model = load_trained(exp, store, device)
         ev = evaluate_white_box(exp, model, x, y, specs, store, progress=progress)
-        rows[exp.label] = ev["row"]
-        flags[exp.label] = ev["flags"]
-    df = pd.DataFrame.from_dict(rows, orient="index")[TABLE1_COLUMNS]
-    df.index.name = "model"
-    return df, flags
+        records += [cell(exp.label, c, exp.seed, ev["row"][c], len(y)) for c in TABLE1_COLUMNS]
+        found += [_seed_prefix(exp, profile) + f for f in ev["flags"]]
+    return pd.DataFrame(records), flags
 
 
 def table1_notes(flags: dict, profile_name) -> list[str]:
@@ -121,31 +190,40 @@ def table1_notes(flags: dict, profile_name) -> list[str]:
 
 def _bb_cache_path(store: RunStore, targets, surrogates, spec: AttackSpec, x) -> Path:
     payload = json.dumps({"t": [e.key for e in targets], "s": [e.key for e in surrogates], "spec": asdict(spec),
-                          "x": [list(x.shape), int(x.float().sum())]}, sort_keys=True)
+                          "x": [list(x.shape), int(x.float().sum())], "protocol": PROTOCOL_VERSION}, sort_keys=True)
     return store.root / "tables" / f"black_box-{hashlib.sha256(payload.encode()).hexdigest()[:12]}.json"
 
 
 def black_box_table(profile_name, dataset: str, data, store: RunStore, spec: AttackSpec, device=None,
-                    white: dict | None = None, progress: bool = True):
-    """Tables II / III: the 15 Table I models as targets of the 5 UM surrogates' adversarial images.
+                    white: dict | None = None, progress: bool = True, objectives: str = "authors"):
+    """Tables II / III: the 15 Table I models as targets of the 5 UM surrogates' adversarial images,
+    each seed's targets attacked through the same seed's surrogates.
 
     `white` (target label -> white-box accuracy of the same attack) enables the white <= black check.
-    Returns (DataFrame targets x surrogates, flags)."""
+    Returns (cells, flags)."""
     profile = get_profile(profile_name)
     x, y = _test_images(data, profile)
-    targets = [e for e in table1_experiments(profile, dataset) if _finished(store, e)]
-    surrogates = [e for e in surrogate_experiments(profile, dataset) if _finished(store, e)]
-    path = _bb_cache_path(store, targets, surrogates, spec, x)
-    if path.exists():
-        matrix = read_json(path)
-    else:
-        matrix = black_box({f"surrogate_{e.loss}": load_trained(e, store, device) for e in surrogates},
-                           {e.label: load_trained(e, store, device) for e in targets}, x, y, spec, progress=progress)
-        write_json(path, matrix)
-    index = [e.label for e in table1_experiments(profile, dataset)]
-    df = pd.DataFrame.from_dict(matrix, orient="index").reindex(index=index, columns=SURROGATE_COLUMNS)
-    df.index.name = "target"
-    return df, black_box_checks(matrix, white or {})
+    all_targets = table1_experiments(profile, dataset, objectives=objectives)
+    all_surrogates = surrogate_experiments(profile, dataset)
+    records = []
+    for seed in seeds(profile):
+        targets = [e for e in all_targets if e.seed == seed and _finished(store, e)]
+        surrogates = [e for e in all_surrogates if e.seed == SURROGATE_SEED_OFFSET + seed and _finished(store, e)]
+        path = _bb_cache_path(store, targets, surrogates, spec, x)
+        if path.exists():
+            matrix = read_json(path)
+        else:
+            matrix = black_box({f"surrogate_{e.loss}": load_trained(e, store, device) for e in surrogates},
+                               {e.label: load_trained(e, store, device) for e in targets}, x, y, spec,
+                               progress=progress)
+            write_json(path, matrix)
+        for e in all_targets:
+            if e.seed == seed:
+                records += [cell(e.label, c, seed, matrix.get(e.label, {}).get(c), len(y)) for c in SURROGATE_COLUMNS]
+    cells = pd.DataFrame(records)
+    means = wide(cells)
+    matrix = {t: {s: v for s, v in row.items() if not pd.isna(v)} for t, row in means.iterrows()}
+    return cells, black_box_checks(matrix, white or {})
 
 
 def _finished(store, exp) -> bool:
@@ -153,30 +231,21 @@ def _finished(store, exp) -> bool:
     return result is not None and result["status"] == "finished"
 
 
-def table4(profile_name, dataset: str, data, store: RunStore, device=None, chance: float = 10.0):
-    """Table IV: PGD-7 accuracy of AAML-AT over margins (rows) and scales (columns); '-' where the run
-    diverged or ended at chance accuracy (untrainable)."""
+def table4(profile_name, dataset: str, data, store: RunStore, device=None, chance: float = 10.0,
+           objectives: str = "authors"):
+    """Table IV: PGD-7 accuracy of AAML-AT over margins (rows) and scales (columns), every seed; NaN ('-')
+    where the run diverged or ended at chance accuracy (untrainable). Returns cells."""
     profile = get_profile(profile_name)
     x, y = _test_images(data, profile)
     spec = AttackSpec("pgd", steps=7, random_start=True, label="pgd7")
-    exps = iter(table4_experiments(profile, dataset))
-    values = {}
-    for m in TABLE4_MARGINS:
-        for s in TABLE4_SCALES:
-            exp = next(exps)
-            result = store.result(exp)
-            if result is None or result["status"] != "finished" or result["best_val_acc"] <= chance * 1.2:
-                values[(m, s)] = None
-                continue
+    records = []
+    for exp in table4_experiments(profile, dataset, objectives=objectives):
+        m, s = exp.params["m"], exp.params["s"]
+        result = store.result(exp)
+        acc = None
+        if result is not None and result["status"] == "finished" and result["best_val_acc"] > chance * 1.2:
             ev = evaluate_white_box(exp, load_trained(exp, store, device), x, y, [spec], store, progress=False,
                                     with_checks=False)
-            values[(m, s)] = ev["row"]["pgd7"]
-    df = pd.DataFrame([[values[(m, s)] for s in TABLE4_SCALES] for m in TABLE4_MARGINS],
-                      index=pd.Index([f"{m:.2f}" for m in TABLE4_MARGINS], name="m"),
-                      columns=[f"s{int(s)}" for s in TABLE4_SCALES])
-    return df
-
-
-def white_box_column(df1: pd.DataFrame, column: str) -> dict:
-    return {label: v for label, v in df1[column].items() if v is not None and not pd.isna(v)}
-
+            acc = ev["row"]["pgd7"]
+        records.append(cell(f"{m:.2f}", f"s{int(s)}", exp.seed, acc, len(y)))
+    return pd.DataFrame(records)

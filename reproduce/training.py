@@ -163,7 +163,8 @@ def train(experiment, store: RunStore | None = None, *, data: DataSplit | None =
             if device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast(device):
-                loss, logits = defense_loss(model, x, y, experiment.defense, spec, experiment.craft_bn_mode)
+                loss, logits = defense_loss(model, x, y, experiment.defense, spec, experiment.craft_bn_mode,
+                                            experiment.objectives)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -33,7 +33,11 @@ def test_every_notebook_runs_and_writes_every_output(tmp_path):
         df = pd.read_csv(out / f"{stem}.csv", index_col=0)
         assert df.shape == shapes[stem], stem
         md = (out / f"{stem}.md").read_text()
-        assert " / " in md and "paper" in md
+        assert " / " in md and "paper" in md and " ±" in md
+        intervals = pd.read_csv(out / f"{stem}_intervals.csv")
+        finite = intervals.dropna(subset=["mean"])
+        assert len(intervals) == shapes[stem][0] * shapes[stem][1] and len(finite) > 0, stem
+        assert ((finite.ci_low <= finite["mean"]) & (finite["mean"] <= finite.ci_high)).all(), stem
     t1 = pd.read_csv(out / "table1_white_box.csv", index_col=0)
     assert list(t1.index[:3]) == ["SM-UM", "SM-AT", "SM-ALP"]
     for name in FIGURES:
@@ -46,6 +50,7 @@ def test_every_notebook_runs_and_writes_every_output(tmp_path):
     assert {(0, 0), (512, 64)} <= set(zip(b.k1, b.k2))
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["profile"] == "smoke" and manifest["dataset"] == "cifar10" and manifest["end_time"]
+    assert manifest["objectives"] == "authors"
     assert len(manifest["experiments"]) == 39 and "table1" in manifest["sanity_flags"]  # 20 + 20 - 1 shared
     # near-chance tiny models can score higher under FGSM than clean: the check must flag exactly those rows
     above = t1.drop(columns="clean").gt(t1["clean"], axis=0).any(axis=1)
