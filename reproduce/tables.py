@@ -67,10 +67,9 @@ def summarise(cells: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def wide(cells: pd.DataFrame, value: str = "accuracy", index_name: str | None = None) -> pd.DataFrame:
+def wide(cells: pd.DataFrame, index_name: str | None = None) -> pd.DataFrame:
     """The table as the paper prints it: the mean over seeds of each cell, rows and columns in order."""
-    summary = summarise(cells)
-    df = summary.pivot(index="row", columns="column", values="mean" if value == "accuracy" else value)
+    df = summarise(cells).pivot(index="row", columns="column", values="mean")
     df = df.reindex(index=pd.unique(cells["row"]), columns=pd.unique(cells["column"]))
     df.index.name, df.columns.name = index_name, None
     return df
@@ -115,7 +114,7 @@ def comparison_markdown(summary: pd.DataFrame, paper: pd.DataFrame, dataset: str
             cells.append(text)
         lines.append(f"| {r} | " + " | ".join(cells) + " |")
     n = sorted(set(summary["n_images"]))
-    k = sorted(set(summary["seeds"]))
+    k = sorted(set(summary["seeds"]) - {0})  # 0: a cell no model of which trained
     lines += ["", f"- {', '.join(map(str, n))} test images per model, {'/'.join(map(str, k))} seed(s) per cell."]
     if notes:
         lines += [f"- {n}" for n in notes]
