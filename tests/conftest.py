@@ -55,6 +55,17 @@ def write_idx(root: Path, folder: str = "MNIST", n_train: int = 300, n_test: int
 
 
 @pytest.fixture
+def float64():
+    """Float64 by default for the test, so hand-written references match to round-off."""
+    import torch
+
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+@pytest.fixture
 def cifar_root(tmp_path):
     return write_cifar10(tmp_path / "data")
 

@@ -20,15 +20,7 @@ N, D, C = 12, 5, 3
 
 
 @pytest.fixture
-def f64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
-
-
-@pytest.fixture
-def pair(f64):
+def pair(float64):
     g = torch.Generator().manual_seed(1)
     f = torch.randn(N, D, generator=g)
     return f, f + 0.7 * torch.randn(N, D, generator=g), torch.arange(N) % C
@@ -164,7 +156,7 @@ def test_objectives_enter_the_hash_except_for_um():
 
 # ---------------------------------------------------------------- ArcFace past pi
 
-def test_arcface_margin_logit_falls_monotonically_over_zero_to_pi(f64):
+def test_arcface_margin_logit_falls_monotonically_over_zero_to_pi(float64):
     arc = make_loss("AAML", 2, 2, m=0.5).train()
     theta = torch.linspace(0, math.pi, 2001)
     cos = torch.stack([torch.cos(theta), torch.cos(math.pi / 2 - theta)], 1)

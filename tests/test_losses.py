@@ -10,12 +10,7 @@ from reproduce.losses import LOSSES, loss_parameters, make_loss
 N, D, C = 24, 6, 4
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 @pytest.fixture
