@@ -18,6 +18,7 @@ from .config import get_profile, make_experiment
 from .data import load_dataset
 from .evaluation import white_box
 from .grid import train_all
+from .losses import loss_recipe
 
 # MNIST strengths are not given in the appendix: the usual MNIST L-inf budget, and an L2 budget
 # of the same visual order.
@@ -27,10 +28,12 @@ CIFAR_ATTACKS = [AttackSpec("fgsm", step=8 / 255, label="fgsm"), AttackSpec("bim
                  AttackSpec("pgd", steps=7, random_start=True, label="pgd7")]
 
 
-def _small_cnn(loss, profile, dataset, embedding_dim, loss_params=None, epochs=None):
+def small_cnn_experiment(loss, profile, dataset, embedding_dim, loss_params=None, epochs=None, **overrides):
+    """The small CNN of the 2-d and 10-d figures: SGD at 0.05 without augmentation, or the loss's recipe."""
     prof = get_profile(profile)
+    settings = dict({} if loss_recipe(loss) else {"lr": 0.05}, augment=False, **overrides)
     return make_experiment(loss, "UM", prof, dataset, model="smallcnn", embedding_dim=embedding_dim,
-                           loss_params=loss_params, epochs=epochs or min(prof.epochs, 10), lr=0.05, augment=False)
+                           loss_params=loss_params, epochs=epochs or min(prof.epochs, 10), **settings)
 
 
 def _sample(images, labels, n, seed=0):
@@ -43,7 +46,7 @@ def feature_norm(dataset, profile, store, out_dir, scale: float = 4.0, n_points:
     """Appendix A: CosFace with 2-d features, the scale left to the feature norm (free) or fixed to s.
     Errors should gather near the origin when the norm is free."""
     variants = {"free norm (scale = ||f||)": {"s": None}, f"fixed norm (scale s = {scale:g})": {"s": scale}}
-    exps = {name: _small_cnn("CosFace", profile, dataset, 2, params) for name, params in variants.items()}
+    exps = {name: small_cnn_experiment("CosFace", profile, dataset, 2, params) for name, params in variants.items()}
     runs = train_all(list(exps.values()), store, device=device, data_root=data_root, progress=False)
     data = load_dataset(dataset, data_root)
     panels, marks, rows = {}, {}, []
@@ -69,18 +72,57 @@ def feature_norm(dataset, profile, store, out_dir, scale: float = 4.0, n_points:
     return df
 
 
+COLUMNS = ["clean"] + [spec.column for spec in CIFAR_ATTACKS]
+
+
+def recipes(profile) -> dict:
+    """The training recipes tried for HT-SCE+AB at (k1, k2) = (512, 64): {name: experiment overrides}.
+    The last is the one `HypersphereLoss.RECIPE` and `intra_moves_weights=False` make the default."""
+    lr = get_profile(profile).lr
+    moves = {"intra_moves_weights": True}
+    return {
+        f"SGD, lr {lr:g}, L_I moves the class weights": dict(optimizer="sgd", lr=lr, loss_params=moves),
+        f"SGD, lr {lr:g}": dict(optimizer="sgd", lr=lr, loss_params={}),
+        f"SGD, lr {lr:g} / k1": dict(optimizer="sgd", lr=lr / 512, loss_params={}),
+        "Adam, lr 0.001, L_I moves the class weights": dict(optimizer="adam", lr=1e-3, loss_params=moves),
+        "Adam, lr 0.001 (the default recipe)": dict(optimizer="adam", lr=1e-3, loss_params={}),
+    }
+
+
+def recipe_search(dataset, profile, store, out_dir, device=None, data_root=None) -> pd.DataFrame:
+    """HT-SCE+AB (512, 64) under each recipe of `recipes`: clean and attacked accuracy, and the two AB
+    terms' state at the end (L_O near 1 means the class weights collapsed onto one direction)."""
+    prof = get_profile(profile)
+    exps = {(name,): make_experiment("HT-SCE+AB", "UM", prof, dataset, **settings)
+            for name, settings in recipes(prof).items()}
+    df = _evaluate_grid(exps, prof, store, device, data_root, dataset, ("recipe",))
+    df["inter_class_max_cos"] = [_inter_term(store, exp, device) for exp in exps.values()]
+    df.to_csv(Path(out_dir) / "appendix_recipe_search.csv", index=False, float_format="%.3f")
+    return df
+
+
+def _inter_term(store, exp, device):
+    """L_O of a trained run: the mean over classes of the largest cosine to another class weight."""
+    from .training import load_trained
+
+    if not store.is_done(exp) or store.result(exp)["status"] != "finished":
+        return np.nan
+    with torch.no_grad():
+        return float(load_trained(exp, store, device).criterion.inter_term())
+
+
 def k1k2_grid(dataset, profile, store, out_dir, k1_values=(0, 64, 512), k2_values=(0, 8, 64), defense="UM",
               device=None, data_root=None) -> pd.DataFrame:
-    """Appendix B: HT-SCE+AB over a grid of (k1, k2), clean and under each attack; a heatmap per attack."""
+    """Appendix B: HT-SCE+AB over a grid of (k1, k2), every cell with the same recipe, clean and under
+    each attack; a heatmap per attack."""
     prof = get_profile(profile)
-    exps = {(k1, k2): make_experiment("HT-SCE+AB", defense, prof, dataset,
+    exps = {(k1, k2): make_experiment("HT-SCE+AB", defense, prof, dataset, objectives="paper",
                                       loss_params={"k1": float(k1), "k2": float(k2)})
             for k1 in k1_values for k2 in k2_values}
     df = _evaluate_grid(exps, prof, store, device, data_root, dataset, ("k1", "k2"))
     df.to_csv(Path(out_dir) / "appendix_b_k1k2_grid.csv", index=False, float_format="%.2f")
-    columns = ["clean"] + [s.column for s in CIFAR_ATTACKS]
-    fig, axes = figures.plt.subplots(1, len(columns), figsize=(4.2 * len(columns), 3.6))
-    for ax, col in zip(axes, columns):
+    fig, axes = figures.plt.subplots(1, len(COLUMNS), figsize=(4.2 * len(COLUMNS), 3.6))
+    for ax, col in zip(axes, COLUMNS):
         pivot = df.pivot(index="k1", columns="k2", values=col)
         figures.heatmap(pivot, ax=ax, title=col, xlabel="k2 (weight of L_O)", ylabel="k1 (weight of L_I)",
                         vmin=0, vmax=100)
@@ -91,17 +133,52 @@ def k1k2_grid(dataset, profile, store, out_dir, k1_values=(0, 64, 512), k2_value
     return df
 
 
-def scale_sweep(dataset, profile, store, out_dir, scales=(1, 2, 4, 6, 8, 10), loss="HT-SCE", defense="UM",
+SCALE_SWEEP_LOSSES = {"HT-SCE": ("HT-SCE", {}), "HT-SCE+AB (512, 64)": ("HT-SCE+AB", {})}
+
+
+def scale_sweep(dataset, profile, store, out_dir, scales=tuple(range(1, 11)), losses=None, defense="UM",
                 device=None, data_root=None) -> pd.DataFrame:
-    """Appendix C: accuracy against the scale s of the SCE-based basis loss."""
+    """Appendix C: accuracy against the scale s, for plain HT-SCE and HT-SCE+AB: a panel per column
+    (clean and each attack), a line per loss."""
     prof = get_profile(profile)
-    exps = {(s,): make_experiment(loss, defense, prof, dataset, loss_params={"s": float(s)}) for s in scales}
-    df = _evaluate_grid(exps, prof, store, device, data_root, dataset, ("s",))
+    losses = losses or SCALE_SWEEP_LOSSES
+    exps = {(name, s): make_experiment(loss, defense, prof, dataset, objectives="paper",
+                                       loss_params=dict(params, s=float(s)))
+            for name, (loss, params) in losses.items() for s in scales}
+    df = _evaluate_grid(exps, prof, store, device, data_root, dataset, ("loss", "s"))
     df.to_csv(Path(out_dir) / "appendix_c_scale_sweep.csv", index=False, float_format="%.2f")
-    curves = {col: dict(zip(df["s"], df[col])) for col in ["clean"] + [s.column for s in CIFAR_ATTACKS]}
-    figures.line_panels(curves, "scale s", Path(out_dir) / "appendix_c_scale_sweep.png", profile=prof.name,
-                        title=f"Appendix C: {loss} ({defense}) on {dataset} against s")
+    figures.sweep_panels(df, "s", "loss", COLUMNS, Path(out_dir) / "appendix_c_scale_sweep.png",
+                         x_label="scale s", profile=prof.name,
+                         title=f"Appendix C: accuracy (%) against the scale s ({defense}, {dataset})")
     return df
+
+
+def claims(grid_b: pd.DataFrame, sweep_c: pd.DataFrame) -> list[str]:
+    """Which of the appendix's claims hold on this run, as sentences computed from the numbers."""
+    lines = []
+    b = grid_b.dropna(subset=["clean"]).set_index(["k1", "k2"])
+    if (0, 0) in b.index and len(b) > 1:
+        others = b.drop(index=(0, 0))["clean"]
+        plain = b.loc[(0, 0), "clean"]
+        worst = others.min()
+        verdict = "holds" if plain < worst else "does not hold"
+        lines.append(f"Appendix B: (0, 0) is the weakest cell on clean images: {verdict} here (plain HT-SCE "
+                     f"{plain:.1f}%, the other cells {worst:.1f}% to {others.max():.1f}%).")
+        if (512, 64) in b.index:
+            best = b["pgd7"].idxmax()
+            lines.append(f"Appendix B: (512, 64) reaches {b.loc[(512, 64), 'clean']:.1f}% clean and "
+                         f"{b.loc[(512, 64), 'pgd7']:.1f}% under PGD-7; the most robust cell under PGD-7 is "
+                         f"{best} ({b.loc[best, 'pgd7']:.1f}%).")
+    for name, part in sweep_c.dropna(subset=["clean"]).groupby("loss", sort=False):
+        part = part.set_index("s")
+        best_s = part["clean"].idxmax()
+        past8 = part.loc[part.index > 8, "clean"]
+        drop = "" if past8.empty else (f"; past s = 8 the clean accuracy is {past8.mean():.1f}% on average, "
+                                       f"{'below' if past8.mean() < part['clean'].max() - 1 else 'close to'} "
+                                       f"the best")
+        lines.append(f"Appendix C, {name}: the best clean accuracy is at s = {best_s:g} "
+                     f"({part.loc[best_s, 'clean']:.1f}%; the appendix reports s = 4-5){drop}.")
+    return lines
 
 
 def _evaluate_grid(exps: dict, prof, store, device, data_root, dataset, key_names) -> pd.DataFrame:
@@ -113,7 +190,7 @@ def _evaluate_grid(exps: dict, prof, store, device, data_root, dataset, key_name
         run = runs[exp]
         row = dict(zip(key_names, key))
         if run.model is None:
-            row.update({c: np.nan for c in ["clean"] + [s.column for s in CIFAR_ATTACKS]}, status="diverged")
+            row.update({c: np.nan for c in COLUMNS}, status="diverged")
         else:
             row.update(white_box(run.model, x, y, CIFAR_ATTACKS, progress=False), status="finished")
         rows.append(row)
@@ -125,7 +202,7 @@ def tsne_grid(dataset, profile, store, out_dir, n_points: int = 1000, device=Non
     BIM (L-inf) and FGSM (L2) adversarial test images, coloured by true class."""
     prof = get_profile(profile)
     rows = {"SCE": "SM", "CosFace": "CosFace", "HT-SCE+AB": "HT-SCE+AB"}
-    exps = {name: _small_cnn(loss, prof, dataset, 10) for name, loss in rows.items()}
+    exps = {name: small_cnn_experiment(loss, prof, dataset, 10) for name, loss in rows.items()}
     runs = train_all(list(exps.values()), store, device=device, data_root=data_root, progress=False)
     data = load_dataset(dataset, data_root)
     train_xy = _sample(data.x_train, data.y_train, n_points)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .config import DEFENSES, OBJECTIVES, default_profile_name
+from .config import DEFENSES, OBJECTIVES, OPTIMIZERS, default_profile_name
 from .data import DATASETS
 from .losses import LOSSES
 
@@ -54,7 +54,8 @@ def cmd_train(args) -> int:
     from .training import train
 
     overrides = {k: v for k, v in dict(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                                       train_limit=args.train_limit).items() if v is not None}
+                                       train_limit=args.train_limit, optimizer=args.optimizer).items()
+                 if v is not None}
     exp = make_experiment(args.loss, args.defense, args.profile, args.dataset, args.seed,
                           loss_params=_key_values(args.param), objectives=args.objectives, **overrides)
     store = RunStore(args.runs)
@@ -144,6 +145,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int)
     p.add_argument("--lr", type=float)
+    p.add_argument("--optimizer", choices=OPTIMIZERS, help="sgd | adam (default: sgd, or the loss's own recipe)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--train-limit", type=int)
     p.add_argument("--param", action="append", metavar="NAME=VALUE", help="a loss parameter, e.g. --param s=4")

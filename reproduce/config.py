@@ -73,12 +73,13 @@ def get_profile(name: str | Profile | None = None, **overrides) -> Profile:
 
 
 DEFENSES = ("UM", "AT", "ALP")
+OPTIMIZERS = ("sgd", "adam")
 # How AT and ALP combine clean and adversarial terms: as the authors' code computed the published
 # numbers (per loss; see defenses.py), or as the paper's text describes them.
 OBJECTIVES = ("authors", "paper")
 # Bumped whenever a definition that decides a number changes (an objective, an attack, the split):
 # it enters every run hash and every evaluation cache, so nothing stale is ever served.
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,7 @@ class Experiment:
     embedding_dim: int = 10  # smallcnn only
     epochs: int = 2
     batch_size: int = 128
+    optimizer: str = "sgd"  # "sgd" (with momentum and weight decay) or "adam" (the ABCL losses' recipe)
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 2e-4
@@ -129,6 +131,8 @@ class Experiment:
         # Every loss parameter written out, with the type of its default: s=4 and s=4.0 are one run,
         # and a changed default retrains instead of reusing.
         object.__setattr__(self, "loss_params", resolve_loss_params(self.loss, dict(self.loss_params)))
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {list(OPTIMIZERS)}")
         if self.schedule not in ("onecycle", "plateau", "constant"):
             raise ValueError(f"unknown schedule {self.schedule!r}")
         if self.craft_bn_mode not in ("train", "eval"):
@@ -170,8 +174,9 @@ class Experiment:
 def make_experiment(loss: str = "SM", defense: str = "UM", profile: str | Profile | None = None,
                     dataset: str = "cifar10", seed: int = 0, loss_params: dict | None = None,
                     **overrides) -> Experiment:
-    """An experiment with the profile's budgets; keyword overrides win over the profile."""
-    from .losses import make_loss, resolve_loss_params
+    """An experiment with the profile's budgets; a loss's training recipe (losses.Loss.RECIPE) wins
+    over the profile, and keyword overrides win over both."""
+    from .losses import loss_recipe, make_loss, resolve_loss_params
 
     prof = profile if isinstance(profile, Profile) else get_profile(profile)
     loss_params = dict(resolve_loss_params(loss, dict(loss_params or {})))
@@ -182,5 +187,6 @@ def make_experiment(loss: str = "SM", defense: str = "UM", profile: str | Profil
                   batch_size=prof.adv_batch_size if adversarial and prof.adv_batch_size else prof.batch_size,
                   train_limit=prof.adv_train_limit if adversarial and prof.adv_train_limit else prof.train_limit,
                   loss_params=tuple(sorted(loss_params.items())))
+    fields.update(loss_recipe(loss))
     fields.update(overrides)
     return Experiment(**fields)

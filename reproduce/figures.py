@@ -157,15 +157,20 @@ def training_curves(metrics: dict, path=None, profile: str | None = None):
     return save(fig, path)
 
 
-def line_panels(curves: dict, x_label: str, path=None, title: str = "", profile: str | None = None):
-    """Accuracy against a swept value, one line per column: {line label: {x: accuracy}}."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for label, points in curves.items():
-        xs = list(points)
-        ax.plot(xs, [points[x] for x in xs], marker="o", label=label)
-    ax.set(xlabel=x_label, ylabel="accuracy (%)", title=title, ylim=(0, 100))
-    ax.grid(alpha=0.3)
-    ax.legend(frameon=False)
+def sweep_panels(df, x: str, hue: str, columns, path=None, x_label: str = "", title: str = "",
+                 profile: str | None = None):
+    """Accuracy against a swept value: a panel per column of `df`, a line per value of `hue`."""
+    fig, axes = plt.subplots(1, len(columns), figsize=(3.6 * len(columns), 3.4), sharey=True, squeeze=False)
+    for ax, col in zip(axes[0], columns):
+        for i, (name, part) in enumerate(df.groupby(hue, sort=False)):
+            part = part.sort_values(x)
+            ax.plot(part[x], part[col], marker="o", color=CLASS_COLORS(i % 10), label=str(name))
+        ax.set(xlabel=x_label or x, title=col, ylim=(0, 100))
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("accuracy (%)")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), bbox_to_anchor=(0.5, -0.06), frameon=False)
+    fig.suptitle(title)
     fig.tight_layout()
     stamp(fig, profile)
     return save(fig, path)

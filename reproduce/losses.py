@@ -26,6 +26,10 @@ def feature_norm_penalty(f: torch.Tensor) -> torch.Tensor:
 class Loss(nn.Module):
     """Base class: a linear head with bias (the paper's prediction head for SM, ConL, TL, CenL)."""
 
+    # Training settings a loss needs to train at all (e.g. {"optimizer": "adam", "lr": 1e-3}); they
+    # replace the profile's and are part of the experiment, so its hash records them.
+    RECIPE: dict = {}
+
     def __init__(self, embedding_dim: int, num_classes: int, feature_penalty: float = 0.0):
         super().__init__()
         self.head = nn.Linear(embedding_dim, num_classes)
@@ -246,25 +250,38 @@ class HypersphereLoss(CosFaceLoss):
 
     AB terms: L_I = mean(1 - cos(theta_y)) pulls each feature toward its class weight;
     L_O = mean over classes of the largest cosine to another class weight pushes classes apart.
-    The objective is L_B + k1 * L_I + k2 * L_O. Which coefficient goes with which term
-    (`pairing`) and whether it multiplies or divides (`mode`) are guesses exposed as parameters.
+    The objective is L_B + k1 * L_I + k2 * L_O, so (k1, k2) = (0, 0) is plain HT-SCE. Guesses exposed
+    as parameters: which coefficient goes with which term (`pairing`), and whether L_I may move the
+    class weights (`intra_moves_weights`). By default it moves only the features: with k1 = 512 the
+    pull of L_I on the weights outweighs L_O and gathers every class weight onto one direction
+    (L_O near 1, accuracy near chance), while the weights stay apart when only L_O and L_B shape them.
+
+    Weights of 512 and 64 make the gradient hundreds of times larger than the basis loss's, so SGD
+    at the profiles' learning rates diverges or collapses; `RECIPE` trains these losses with Adam,
+    which does not depend on the scale of the loss (the search is in the README).
     """
 
+    RECIPE = {"optimizer": "adam", "lr": 1e-3}
+
     def __init__(self, embedding_dim, num_classes, s: float | None = 4.0, m: float = 0.2, k1: float = 0.0,
-                 k2: float = 0.0, base: str = "ht", pairing: str = "k1_intra", mode: str = "multiply",
+                 k2: float = 0.0, base: str = "ht", pairing: str = "k1_intra", intra_moves_weights: bool = False,
                  feature_penalty: float = 0.0):
         super().__init__(embedding_dim, num_classes, s, m, feature_penalty)
-        if base not in ("ht", "cosface") or pairing not in ("k1_intra", "k1_inter") or \
-                mode not in ("multiply", "divide"):
-            raise ValueError("base must be ht|cosface, pairing k1_intra|k1_inter, mode multiply|divide")
-        self.k1, self.k2, self.base, self.pairing, self.mode = k1, k2, base, pairing, mode
-        self.transform = nn.Linear(embedding_dim, embedding_dim) if base == "ht" else nn.Identity()
+        if base not in ("ht", "cosface") or pairing not in ("k1_intra", "k1_inter"):
+            raise ValueError(f"base must be ht|cosface and pairing k1_intra|k1_inter; got {base!r}, {pairing!r}")
+        if k1 < 0 or k2 < 0:
+            raise ValueError(f"k1 and k2 weight their terms and must be >= 0; got k1={k1}, k2={k2}")
+        self.k1, self.k2, self.base, self.pairing = k1, k2, base, pairing
+        self.intra_moves_weights = intra_moves_weights
+        self.transform = nn.Linear(embedding_dim, embedding_dim, bias=False) if base == "ht" else nn.Identity()
 
     def features(self, f):
         return self.transform(F.normalize(f, dim=1)) if self.base == "ht" else f
 
     def intra_term(self, f, y):
-        return (1 - self.cosines(f).gather(1, y[:, None])).mean()
+        w = self.weight if self.intra_moves_weights else self.weight.detach()
+        cos_y = F.linear(F.normalize(self.features(f), dim=1), F.normalize(w, dim=1)).gather(1, y[:, None])
+        return (1 - cos_y).mean()
 
     def inter_term(self):
         w = F.normalize(self.weight, dim=1)
@@ -272,17 +289,14 @@ class HypersphereLoss(CosFaceLoss):
         gram = gram - 3 * torch.eye(len(w), device=w.device, dtype=w.dtype)  # drop j = k from the max
         return gram.max(1).values.mean()
 
-    def _weighted(self, k, term):
-        if not k:
-            return term.new_zeros(())
-        return k * term if self.mode == "multiply" else term / k
-
     def objective(self, f, y, logits):
         loss = super().objective(f, y, logits)
-        if not (self.k1 or self.k2):
-            return loss
         k_intra, k_inter = (self.k1, self.k2) if self.pairing == "k1_intra" else (self.k2, self.k1)
-        return loss + self._weighted(k_intra, self.intra_term(f, y)) + self._weighted(k_inter, self.inter_term())
+        if k_intra:
+            loss = loss + k_intra * self.intra_term(f, y)
+        if k_inter:
+            loss = loss + k_inter * self.inter_term()
+        return loss
 
 
 class HTSCE(HypersphereLoss):
@@ -353,6 +367,13 @@ def resolve_loss_params(name: str, params: dict) -> tuple:
         raise ValueError(f"loss {name} has no parameter(s) {sorted(unknown)}; it takes {sorted(defaults)}")
     resolved = dict(defaults, **{k: _coerce(name, k, v, defaults[k]) for k, v in params.items()})
     return tuple(sorted(resolved.items()))
+
+
+def loss_recipe(name: str) -> dict:
+    """The training settings a loss brings with it (empty for the paper's losses)."""
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; choose one of {sorted(LOSSES)}")
+    return dict(LOSSES[name].RECIPE)
 
 
 def make_loss(name: str, embedding_dim: int, num_classes: int, **params) -> Loss:

@@ -1,9 +1,9 @@
 """The one training loop, for every loss and defence.
 
-SGD with the paper's plateau schedule or a one-cycle schedule; channels-last models, bf16 autocast
-where the device has native bf16 (`native_bf16`); the last and the best-validation checkpoints each
-epoch; resume after a crash or a kill with the same final numbers; a non-finite loss ends the run as
-"diverged" instead of raising.
+SGD (or a loss's own recipe, e.g. Adam) with the paper's plateau schedule or a one-cycle schedule;
+channels-last models, bf16 autocast where the device has native bf16 (`native_bf16`); the last and
+the best-validation checkpoints each epoch; resume after a crash or a kill with the same final
+numbers; a non-finite loss ends the run as "diverged" instead of raising.
 """
 from __future__ import annotations
 
@@ -81,6 +81,15 @@ def _make_scheduler(optimizer, experiment, steps_per_epoch: int):
     return None
 
 
+def make_optimizer(model, experiment):
+    """SGD with momentum and weight decay (the paper's), or Adam (no weight decay), which the ABCL
+    losses need: its steps do not grow with the scale of the loss."""
+    if experiment.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=experiment.lr)
+    return torch.optim.SGD(model.parameters(), lr=experiment.lr, momentum=experiment.momentum,
+                           weight_decay=experiment.weight_decay)
+
+
 @dataclass
 class TrainedRun:
     experiment: object
@@ -129,8 +138,7 @@ def train(experiment, store: RunStore | None = None, *, data: DataSplit | None =
     write_json(run_dir / "config.json", {"experiment": asdict(experiment), "key": experiment.key})
 
     model = build_model(experiment, data.channels, data.num_classes).to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=experiment.lr, momentum=experiment.momentum,
-                                weight_decay=experiment.weight_decay)
+    optimizer = make_optimizer(model, experiment)
     train_loader = DeviceLoader(data.x_train, data.y_train, min(experiment.batch_size, len(data.y_train)),
                                 shuffle=True, augment=experiment.augment, seed=experiment.seed, device=device,
                                 drop_last=True)

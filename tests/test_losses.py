@@ -153,6 +153,9 @@ def test_ht_sce_formula(batch):
     loss, logits = ht(f, y)
     assert torch.allclose(logits, 4.0 * cos)
     assert torch.allclose(loss, _ce(4.0 * (cos - 0.2 * F.one_hot(y, C)), y))
+    # the map is linear (no bias): a bias would move the sphere off the origin and, after the second
+    # normalisation, squeeze every feature into a half-space
+    assert torch.allclose(ht.features(-f), -ht.features(f))
 
 
 def test_ht_sce_ab_with_zero_weights_is_ht_sce(batch):
@@ -164,7 +167,7 @@ def test_ht_sce_ab_with_zero_weights_is_ht_sce(batch):
     assert torch.allclose(ab(f, y)[0], ht(f, y)[0])
 
 
-def test_ab_terms_formula_pairing_and_mode(batch):
+def test_ab_terms_formula_and_pairing(batch):
     f, y = batch
     torch.manual_seed(2)
     ab = make_loss("HT-SCE+AB", D, C, k1=3.0, k2=5.0)
@@ -177,8 +180,27 @@ def test_ab_terms_formula_pairing_and_mode(batch):
     assert torch.allclose(ab(f, y)[0], base + 3.0 * intra + 5.0 * inter)
     ab.pairing = "k1_inter"
     assert torch.allclose(ab(f, y)[0], base + 3.0 * inter + 5.0 * intra)
-    ab.pairing, ab.mode = "k1_intra", "divide"
-    assert torch.allclose(ab(f, y)[0], base + intra / 3.0 + inter / 5.0)
+
+
+def test_intra_term_moves_the_class_weights_only_when_asked(batch):
+    """L_I pulls features toward their class weight; by default its gradient does not reach the weights
+    (the grad of the weights equals that of the loss without L_I), with intra_moves_weights it does."""
+    f, y = batch
+    grads = {}
+    for name, params in {"with": {}, "without_intra": {"k1": 0.0}, "moving": {"intra_moves_weights": True}}.items():
+        torch.manual_seed(2)
+        ab = make_loss("HT-SCE+AB", D, C, **dict({"k1": 3.0, "k2": 5.0}, **params))
+        fx = f.clone().requires_grad_(True)
+        ab(fx, y)[0].backward()
+        grads[name] = (ab.weight.grad.clone(), fx.grad.clone())
+    assert torch.allclose(grads["with"][0], grads["without_intra"][0])
+    assert not torch.allclose(grads["with"][1], grads["without_intra"][1])  # the features do feel L_I
+    assert not torch.allclose(grads["moving"][0], grads["with"][0])
+
+
+def test_ab_weights_must_not_be_negative():
+    with pytest.raises(ValueError, match="k1 and k2"):
+        make_loss("HT-SCE+AB", D, C, k1=-1.0)
 
 
 def test_ab_defaults_are_the_appendix_choice():
