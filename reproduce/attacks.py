@@ -19,23 +19,40 @@ EPS = 8 / 255
 STEP = 2 / 255
 
 
+ITERATIVE = ("bim", "pgd", "mim")
+
+
 @dataclass(frozen=True)
 class AttackSpec:
-    """One column of a table: which attack, under which norm, how strong."""
+    """One column of a table: which attack, under which norm, how strong.
 
-    name: str  # fgsm | bim | pgd | mim
+    Iterative attacks (bim, pgd, mim) need their number of steps: a one-step "PGD" would overstate
+    robustness without a word. PGD starts at a random point of the eps-ball unless told otherwise,
+    BIM never does. "autoattack" runs torchattacks' AutoAttack: `version="standard"` (APGD-CE, APGD-T,
+    FAB-T, Square) or "apgd" (APGD-CE then APGD-DLR, `steps` each: a cheaper budget for small profiles).
+    """
+
+    name: str  # fgsm | bim | pgd | mim | autoattack
     eps: float = EPS
     step: float = STEP
-    steps: int = 1
-    random_start: bool = False
+    steps: int | None = None  # required for bim, pgd, mim; fgsm takes one step of size eps
+    random_start: bool | None = None  # None: True for pgd, False otherwise
     restarts: int = 1
     momentum: float = 0.9  # MIM only
     norm: str = "linf"  # linf | l2 (l2: FGSM only)
     label: str = ""
+    version: str = "standard"  # autoattack only: standard | apgd
 
     def __post_init__(self):
         if self.name not in ATTACKS:
             raise ValueError(f"unknown attack {self.name!r}; choose one of {sorted(ATTACKS)}")
+        if self.steps is None:
+            if self.name in ITERATIVE:
+                raise ValueError(f"AttackSpec({self.name!r}) needs steps=, e.g. steps=7 or steps=20 as in the "
+                                 f"paper's Table I (table1_specs() gives every column of it)")
+            object.__setattr__(self, "steps", 100 if self.name == "autoattack" else 1)
+        if self.random_start is None:
+            object.__setattr__(self, "random_start", self.name == "pgd")
         if self.norm not in ("linf", "l2"):
             raise ValueError(f"unknown norm {self.norm!r}; choose linf or l2")
         if self.norm == "linf" and not 0 <= self.eps <= 1:
@@ -44,15 +61,19 @@ class AttackSpec:
             raise ValueError("only FGSM is defined under the L2 norm here")
         if self.eps < 0 or self.step < 0 or self.steps < 1 or self.restarts < 1:
             raise ValueError("eps and step must be >= 0, steps and restarts >= 1")
+        if self.version not in ("standard", "apgd"):
+            raise ValueError(f"unknown AutoAttack version {self.version!r}; choose standard or apgd")
 
     @property
     def column(self) -> str:
         return self.label or self.name
 
 
-def table1_specs(restarts: int = 20, mim_steps: int = 40, eps: float = EPS, step: float = STEP) -> list[AttackSpec]:
-    """The six attack columns of Table I (a profile may lower restarts and MIM steps)."""
-    return [
+def table1_specs(restarts: int = 20, mim_steps: int = 40, eps: float = EPS, step: float = STEP,
+                 autoattack: str | None = None) -> list[AttackSpec]:
+    """The attack columns of Table I (a profile may lower restarts, MIM steps and the AutoAttack
+    budget); with `autoattack` ("standard" or "apgd") the AA column follows the paper's six."""
+    specs = [
         AttackSpec("fgsm", eps=eps, step=eps, label="fgsm"),
         AttackSpec("bim", eps=eps, step=step, steps=7, label="bim7"),
         AttackSpec("pgd", eps=eps, step=step, steps=7, random_start=True, label="pgd7"),
@@ -60,6 +81,9 @@ def table1_specs(restarts: int = 20, mim_steps: int = 40, eps: float = EPS, step
         AttackSpec("pgd", eps=eps, step=step, steps=20, random_start=True, restarts=restarts, label="pgd20x20"),
         AttackSpec("mim", eps=eps, step=step, steps=mim_steps, label="mim40"),
     ]
+    if autoattack:
+        specs.append(AttackSpec("autoattack", eps=eps, version=autoattack, label="aa"))
+    return specs
 
 
 @contextlib.contextmanager
@@ -159,7 +183,32 @@ def mim(model, x, y, spec: AttackSpec, start=None, stop_when_broken: bool = Fals
     return _iterate(model, x, y, x.clone(), spec, stop_when_broken, direction)
 
 
-ATTACKS = {"fgsm": fgsm, "bim": pgd, "pgd": pgd, "mim": mim}
+def autoattack(model, x, y, spec: AttackSpec, start=None, stop_when_broken: bool = False):
+    """AutoAttack through torchattacks (not a rewrite): each of its attacks runs on the examples the
+    earlier ones did not break. Seeded, so a column is reproducible."""
+    import torchattacks
+
+    with torch.no_grad():
+        n_classes = model(x[:1]).shape[1]
+    if spec.version == "standard":
+        atk = torchattacks.AutoAttack(model, norm="Linf", eps=spec.eps, version="standard", n_classes=n_classes,
+                                      seed=0)
+    else:
+        atk = torchattacks.MultiAttack([torchattacks.APGD(model, eps=spec.eps, steps=spec.steps, loss=loss, seed=0)
+                                        for loss in ("ce", "dlr")])
+    return atk(x, y)
+
+
+ATTACKS = {"fgsm": fgsm, "bim": pgd, "pgd": pgd, "mim": mim, "autoattack": autoattack}
+
+
+def check_images(x: torch.Tensor) -> None:
+    """Attacks work on float images in [0, 1]; anything else is refused with the fix."""
+    if not torch.is_floating_point(x):
+        raise ValueError(f"attack images must be float in [0, 1], got dtype {x.dtype}: convert with x.float() / 255")
+    if x.numel() and (float(x.min()) < 0 or float(x.max()) > 1):
+        raise ValueError(f"attack images must lie in [0, 1] (got [{float(x.min()):.3g}, {float(x.max()):.3g}]): "
+                         "attack the un-normalised images and normalise inside the model")
 
 
 def _single_run(model, x, y, spec, start=None, stop_when_broken=False):
@@ -181,6 +230,7 @@ def attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec,
     `stop_when_broken` (evaluation only, never training) keeps each example's first misclassified
     iterate and stops attacking it: accuracy can only fall, and broken examples cost nothing more."""
     x, y = x.detach(), y.detach()  # eps = 0 runs the same code: the eps = 0 sanity check tests it
+    check_images(x)
     with attack_mode(model, train_mode):
         x_adv = _single_run(model, x, y, spec, stop_when_broken=stop_when_broken)
         if spec.restarts == 1:

@@ -295,9 +295,12 @@ def plan(profile_name: str, dataset: str = "cifar10", rates: dict | None = None)
     passes per second) must be measured at the profile's width, else the estimate would be off by the
     ratio of the two networks' costs. Returns the rows and the total seconds (None without rates).
     """
-    from .attacks import table1_specs
+    from .abcl import SCALE_SWEEP_LOSSES
     from .config import get_profile
+    from .evaluation import EPS_SWEEP
     from .grid import surrogate_experiments, table1_experiments, table4_experiments
+    from .protocol import APPENDIX_COLUMNS, ITERATION_SWEEP, TABLE1, TABLE2, TABLE3, TABLE4
+    from .protocol import passes as attack_passes
 
     prof = get_profile(profile_name)
     rate = None
@@ -313,10 +316,8 @@ def plan(profile_name: str, dataset: str = "cifar10", rates: dict | None = None)
     n_train, n_test = sizes[dataset]
     n_test = min(n_test, prof.test_limit or n_test)
     per_image = {"UM": 1, "AT": 8, "ALP": 9}
-    specs = table1_specs(prof.restarts, prof.mim_steps)
-    # passes per test image: every attack step (20PGD: about two runs, as restarts attack only survivors)
-    # plus the seven PGD-7 runs of the eps curve
-    eval_passes = 1 + sum(s.steps * (1 if s.restarts == 1 else 2) for s in specs) + 7 * 7
+    # passes per test image: every column of Table I (protocol.passes) plus the PGD-7 runs of the eps curve
+    eval_passes = sum(attack_passes(c.spec(prof)) for c in TABLE1.columns) + 7 * len(EPS_SWEEP)
     rows, seen = [], set()
     groups = (("Table I", table1_experiments(prof, dataset)), ("surrogates", surrogate_experiments(prof, dataset)),
               ("Table IV", table4_experiments(prof, dataset)))
@@ -332,12 +333,18 @@ def plan(profile_name: str, dataset: str = "cifar10", rates: dict | None = None)
         rows.append({"what": f"evaluate {e.label} (Table I + eps curve)", "group": "Table I",
                      "passes": n_test * eval_passes})
     # black box: every 20PGD restart is crafted in full on the surrogate (Table III's scoring)
+    rows.append({"what": "robustness against PGD iterations, 4 models", "group": "Table I",
+                 "passes": prof.seeds * 4 * n_test * sum(ITERATION_SWEEP)})
+    # black box: every 20PGD restart is crafted in full on the surrogate (Table III's scoring)
+    crafting = sum(spec.steps * spec.restarts for spec in (TABLE2.attack.spec(prof), TABLE3.attack.spec(prof)))
     rows.append({"what": "black-box crafting, 5 surrogates x (FGSM + 20PGD)", "group": "Tables II-III",
-                 "passes": prof.seeds * 5 * n_test * (1 + prof.restarts * 20)})
-    rows.append({"what": "Table IV PGD-7 evaluations", "group": "Table IV", "passes": prof.seeds * 20 * n_test * 8})
-    appendix = 9 + 6  # (k1, k2) grid and scale sweep, UM ResNets
+                 "passes": prof.seeds * 5 * n_test * crafting})
+    rows.append({"what": "Table IV PGD-7 evaluations", "group": "Table IV",
+                 "passes": prof.seeds * 20 * n_test * (1 + attack_passes(TABLE4.attack.spec(prof)))})
+    appendix = 9 + 10 * len(SCALE_SWEEP_LOSSES) + 5  # (k1, k2) grid, scale sweep, recipe search: UM ResNets
+    per_cell = sum(attack_passes(c.spec(prof)) for c in APPENDIX_COLUMNS)
     rows.append({"what": f"appendix B/C: {appendix} UM models + evaluation", "group": "appendix",
-                 "passes": appendix * (min(n_train, prof.train_limit or n_train) * prof.epochs + n_test * 16)})
+                 "passes": appendix * (min(n_train, prof.train_limit or n_train) * prof.epochs + n_test * per_cell)})
     for r in rows:
         r["seconds"] = r["passes"] / rate if rate else None
     return rows, (sum(r["seconds"] for r in rows) if rate else None)

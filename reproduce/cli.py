@@ -107,6 +107,8 @@ def cmd_bench(args) -> int:
 def cmd_plan(args) -> int:
     import json
 
+    if not args.hours > 0:
+        raise SystemExit(f"error: --hours must be above 0; got {args.hours}")
     from .bench import plan
 
     rates = json.loads(open(args.bench).read()) if args.bench else None

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass
 
@@ -29,6 +30,8 @@ class Profile:
     mim_steps: int = 40
     tsne_points: int = 1000
     seeds: int = 1  # each table model is trained this many times (seeds 0, 1, ...); tables show mean and spread
+    autoattack: str = "standard"  # Table I's AA column: "standard" AutoAttack, or "apgd" (APGD-CE + APGD-DLR)
+    autoattack_steps: int = 100  # APGD steps of the "apgd" version
 
 
 PROFILES = {
@@ -36,7 +39,7 @@ PROFILES = {
     "smoke": Profile("smoke", width=16, epochs=4, batch_size=128, lr=0.2, schedule="onecycle",
                      train_limit=10000, adv_train_limit=1500, adv_batch_size=32, val_limit=500, test_limit=300,
                      restarts=3,
-                     mim_steps=40, tsne_points=300),
+                     mim_steps=40, tsne_points=300, autoattack="apgd", autoattack_steps=20),
     # Full ResNet-18 and full data, short one-cycle schedules: every table on one GPU in hours.
     "quick": Profile("quick", width=64, epochs=30, batch_size=512, lr=0.2, schedule="onecycle",
                      train_limit=None, adv_train_limit=None, adv_batch_size=None, val_limit=None, test_limit=None,
@@ -139,8 +142,15 @@ class Experiment:
             raise ValueError("craft_bn_mode must be 'train' or 'eval'")
         if not 0 <= self.attack_eps <= 1:
             raise ValueError(f"attack_eps must be in [0, 1] (images live in [0, 1]); got {self.attack_eps}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("epochs and batch_size must be positive")
+        if self.epochs < 1 or self.batch_size < 1 or self.width < 1:
+            raise ValueError(f"epochs, batch_size and width must be at least 1; got epochs={self.epochs}, "
+                             f"batch_size={self.batch_size}, width={self.width}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number above 0; got {self.lr}")
+        for name in ("train_limit", "val_limit"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1 image (or None for all of them); got {value}")
 
     @property
     def key(self) -> str:

@@ -19,7 +19,9 @@ from .data import DeviceLoader
 from .store import RunStore, read_json, write_json
 
 EPS_SWEEP = (0, 4 / 255, 8 / 255, 16 / 255, 32 / 255, 64 / 255, 128 / 255)
+CURVE_BASE = AttackSpec("pgd", steps=7, random_start=True)  # Table I's PGD-7, scaled to each eps
 ORDER_TOLERANCE = 1.0  # points: PGD-20 vs PGD-7 and 20PGD vs PGD-20 may differ by sampling noise
+AA_GAP = 10.0  # points: AutoAttack this far below PGD-20 means PGD was fooled by the gradients
 
 
 def robust_accuracy(model, images, labels, spec: AttackSpec | None, *, batch_size: int = 250,
@@ -56,8 +58,9 @@ def white_box(model, images, labels, specs: list[AttackSpec], *, progress: bool 
 
 
 def eps_curve(model, images, labels, base: AttackSpec | None = None, eps_values=EPS_SWEEP) -> dict:
-    """PGD accuracy as eps grows; it must fall toward zero, or the gradients are masked."""
-    base = base or AttackSpec("pgd", steps=7, random_start=True)
+    """PGD accuracy as eps grows ({eps as text: accuracy}); it must fall toward zero, or the gradients
+    are masked. The step grows with eps (at least eps / 4), so every eps-ball can be crossed."""
+    base = base or CURVE_BASE
     return {f"{e:.4f}": robust_accuracy(model, images, labels,
                                         replace(base, eps=e, step=max(base.step, e / 4)))
             for e in eps_values}
@@ -74,6 +77,16 @@ def white_box_checks(row: dict, curve: dict | None = None, tol: float = ORDER_TO
         flags.append(f"PGD-20 ({row['pgd20']:.2f}) above PGD-7 ({row['pgd7']:.2f})")
     if "pgd20x20" in row and "pgd20" in row and row["pgd20x20"] > row["pgd20"] + tol:
         flags.append(f"20PGD ({row['pgd20x20']:.2f}) above PGD-20 ({row['pgd20']:.2f})")
+    if "aa" in row:
+        attacks = {c: a for c, a in row.items() if c not in ("clean", "aa")}
+        if attacks:
+            weakest_col = min(attacks, key=attacks.get)
+            if row["aa"] > attacks[weakest_col] + tol:
+                flags.append(f"AutoAttack ({row['aa']:.2f}) above {weakest_col} ({attacks[weakest_col]:.2f}): "
+                             "AutoAttack should be the strongest attack")
+        if "pgd20" in row and row["aa"] < row["pgd20"] - AA_GAP:
+            flags.append(f"AutoAttack ({row['aa']:.2f}) far below PGD-20 ({row['pgd20']:.2f}): PGD overstates "
+                         "robustness, a possible sign of masked gradients")
     if curve:
         values = list(curve.values())
         if abs(values[0] - clean) > 1e-9:
@@ -85,19 +98,37 @@ def white_box_checks(row: dict, curve: dict | None = None, tol: float = ORDER_TO
     return flags
 
 
+def evaluate_columns(experiment, model, images, labels, specs, store: RunStore | None = None, *,
+                     progress: bool = True) -> dict:
+    """{'clean': accuracy, column: accuracy for each spec}, each column cached on its own in the run's
+    eval/ folder: a new column is computed alone, the others come from the cache."""
+    store = store or RunStore()
+    row = {}
+    for spec in [None] + list(specs):
+        column = "clean" if spec is None else spec.column
+        path = store.eval_path(experiment, _cache_name(f"column-{column}", [spec], images))
+        if not path.exists():
+            accuracy = robust_accuracy(model, images, labels, spec, progress=progress,
+                                       desc=f"{experiment.label} {column}")
+            write_json(path, {"label": experiment.label, "key": experiment.key, "column": column,
+                              "spec": None if spec is None else asdict(spec), "accuracy": accuracy})
+        row[column] = read_json(path)["accuracy"]
+    return row
+
+
 def evaluate_white_box(experiment, model, images, labels, specs, store: RunStore | None = None, *,
                        progress: bool = True, with_checks: bool = True) -> dict:
-    """One row of Table I with its eps curve and sanity flags, cached in the run's eval/ folder."""
+    """One row of Table I with its eps curve and sanity flags; every column and the curve are cached."""
     store = store or RunStore()
-    path = store.eval_path(experiment, _cache_name("white_box", specs, images))
-    if path.exists():
-        return read_json(path)
-    row = white_box(model, images, labels, specs, progress=progress, label=experiment.label)
-    curve = eps_curve(model, images, labels) if with_checks else None
-    result = {"label": experiment.label, "key": experiment.key, "row": row, "eps_curve": curve,
-              "flags": white_box_checks(row, curve)}
-    write_json(path, result)
-    return result
+    row = evaluate_columns(experiment, model, images, labels, specs, store, progress=progress)
+    curve = None
+    if with_checks:
+        path = store.eval_path(experiment, _cache_name("eps_curve", [CURVE_BASE], images))
+        if not path.exists():
+            write_json(path, eps_curve(model, images, labels))
+        curve = read_json(path)
+    return {"label": experiment.label, "key": experiment.key, "row": row, "eps_curve": curve,
+            "flags": white_box_checks(row, curve)}
 
 
 def craft(model, images, labels, spec: AttackSpec, batch_size: int = 250, progress: bool = False,

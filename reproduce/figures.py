@@ -157,19 +157,26 @@ def training_curves(metrics: dict, path=None, profile: str | None = None):
     return save(fig, path)
 
 
-def sweep_panels(df, x: str, hue: str, columns, path=None, x_label: str = "", title: str = "",
-                 profile: str | None = None):
-    """Accuracy against a swept value: a panel per column of `df`, a line per value of `hue`."""
-    fig, axes = plt.subplots(1, len(columns), figsize=(3.6 * len(columns), 3.4), sharey=True, squeeze=False)
-    for ax, col in zip(axes[0], columns):
-        for i, (name, part) in enumerate(df.groupby(hue, sort=False)):
+def curve_panels(df, x: str, panel: str, hue: str, path=None, x_label: str = "", title: str = "",
+                 profile: str | None = None, log_x: bool = False):
+    """Accuracy against a swept value from a long table (columns x, panel, hue, accuracy and, for a
+    band, ci_low and ci_high): a panel per value of `panel`, a line per value of `hue`."""
+    panels = list(dict.fromkeys(df[panel]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels) + 0.4, 3.4), sharey=True, squeeze=False)
+    for ax, name in zip(axes[0], panels):
+        for i, (label, part) in enumerate(df[df[panel] == name].groupby(hue, sort=False)):
             part = part.sort_values(x)
-            ax.plot(part[x], part[col], marker="o", color=CLASS_COLORS(i % 10), label=str(name))
-        ax.set(xlabel=x_label or x, title=col, ylim=(0, 100))
+            colour = CLASS_COLORS(i % 10)
+            ax.plot(part[x], part["accuracy"], marker="o", markersize=3, color=colour, label=str(label))
+            if "ci_low" in part:
+                ax.fill_between(part[x], part["ci_low"], part["ci_high"], color=colour, alpha=0.15, linewidth=0)
+        ax.set(xlabel=x_label or x, title=str(name), ylim=(0, 100))
+        if log_x:
+            ax.set_xscale("log")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("accuracy (%)")
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), bbox_to_anchor=(0.5, -0.06), frameon=False)
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), bbox_to_anchor=(0.5, -0.08), frameon=False)
     fig.suptitle(title)
     fig.tight_layout()
     stamp(fig, profile)

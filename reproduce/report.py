@@ -10,15 +10,19 @@ import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from . import figures
-from .abcl import small_cnn_experiment
+from .abcl import PLANE_EPOCHS, PLANE_SETTINGS, plane_experiment
 from .attacks import AttackSpec
 from .config import get_profile, make_experiment
 from .data import DatasetMissing, load_dataset
+from .evaluation import evaluate_columns, evaluate_white_box
 from .grid import table1_experiments, train_all
 from .losses import PAPER_LOSSES
+from .protocol import ITERATION_SWEEP, TABLE1
+from .stats import wilson_interval
 from .store import RunStore, write_json
 from .training import load_trained
 
@@ -128,24 +132,6 @@ def fig2_tsne_airplane(profile, dataset: str, data, store: RunStore, out_dir: Pa
                                            f"({len(y)} test images), coloured by prediction")
 
 
-# In two dimensions ten classes leave 36 degrees each: a cosine margin of 0.2 does not fit, and SGD
-# leaves the fixed-scale cosine heads near chance. These settings train every panel (README: the 2-d
-# figure); they are the plane's, not the paper's.
-PLANE_EPOCHS = 8
-PLANE_SETTINGS = {
-    "CosFace": dict(loss_params={"s": 4.0, "m": 0.05}, optimizer="adam", lr=3e-3),
-    "HT-SCE": dict(loss_params={"s": 4.0, "m": 0.05}, optimizer="adam", lr=3e-3),
-    "HT-SCE+AB": dict(loss_params={"s": 4.0, "m": 0.05}, optimizer="adam", lr=1e-3),
-}
-
-
-def plane_experiment(loss, profile, dataset, train_limit: int | None = 10000, epochs: int = PLANE_EPOCHS):
-    """The small CNN with a 2-d embedding that notebook 01 trains under `loss`."""
-    settings = dict(PLANE_SETTINGS.get(loss, {}))
-    return small_cnn_experiment(loss, profile, dataset, 2, settings.pop("loss_params", None), epochs=epochs,
-                                train_limit=train_limit, **settings)
-
-
 def fig_losses_2d(dataset: str, profile, store: RunStore, out_dir: Path, losses, epochs: int = PLANE_EPOCHS,
                   train_limit: int | None = 10000, n_points: int = 2000, device=None, data_root=None):
     """Train the small CNN with a 2-d embedding under each loss and plot the test embeddings; each panel
@@ -169,3 +155,45 @@ def fig_losses_2d(dataset: str, profile, store: RunStore, out_dir: Path, losses,
                                  suptitle=f"2-d embeddings of {dataset} test images, one per loss "
                                           f"({epochs} epochs)")
     return fig, accuracy
+
+
+def _with_intervals(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Mean accuracy over seeds per `keys`, with the 95% Wilson interval over every seed's images."""
+    out = df.groupby(keys, sort=False).agg(accuracy=("accuracy", "mean"), seeds=("accuracy", "count"),
+                                           n=("n", "first")).reset_index()
+    bounds = [wilson_interval(a, n * k) for a, n, k in zip(out["accuracy"], out["n"], out["seeds"])]
+    out["ci_low"], out["ci_high"] = [b[0] for b in bounds], [b[1] for b in bounds]
+    return out
+
+
+def robustness_curves(profile, dataset: str, data, store: RunStore, out_dir: Path, device=None,
+                      objectives: str = "authors", progress: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Accuracy against eps for every Table I model (PGD-7 scaled to eps: the sanity check's curve), and
+    against the number of PGD steps at eps 8/255 for the UM and AT models of SM and AAML. Writes
+    curve_eps.csv / .png and curve_iterations.csv / .png; returns the two tables."""
+    prof = get_profile(profile)
+    x, y = data.x_test[:prof.test_limit], data.y_test[:prof.test_limit]
+    iteration_specs = [AttackSpec("pgd", steps=k, label=f"pgd{k}") for k in ITERATION_SWEEP]
+    eps_rows, step_rows = [], []
+    for exp in table1_experiments(prof, dataset, objectives=objectives):
+        result = store.result(exp)
+        if result is None or result["status"] != "finished":
+            continue
+        model = load_trained(exp, store, device)
+        curve = evaluate_white_box(exp, model, x, y, TABLE1.specs(prof), store, progress=progress)["eps_curve"]
+        base = dict(model=exp.label, loss=exp.loss, defense=exp.defense, seed=exp.seed, n=len(y))
+        eps_rows += [dict(base, eps=round(float(e) * 255, 2), accuracy=a) for e, a in curve.items()]
+        if exp.loss in ("SM", "AAML") and exp.defense in ("UM", "AT"):
+            row = evaluate_columns(exp, model, x, y, iteration_specs, store, progress=progress)
+            step_rows += [dict(base, steps=s.steps, accuracy=row[s.column]) for s in iteration_specs]
+    out_dir = Path(out_dir)
+    eps = _with_intervals(pd.DataFrame(eps_rows), ["model", "loss", "defense", "eps"])
+    steps = _with_intervals(pd.DataFrame(step_rows), ["model", "loss", "defense", "steps"])
+    eps.to_csv(out_dir / "curve_eps.csv", index=False, float_format="%.2f")
+    steps.to_csv(out_dir / "curve_iterations.csv", index=False, float_format="%.2f")
+    figures.curve_panels(eps, "eps", "defense", "loss", out_dir / "fig_curve_eps.png", x_label="eps (x 1/255)",
+                         profile=prof.name, title=f"PGD-7 accuracy against eps ({dataset}; band: 95% interval)")
+    figures.curve_panels(steps, "steps", "defense", "loss", out_dir / "fig_curve_iterations.png", log_x=True,
+                         x_label="PGD steps (eps 8/255, step 2/255)", profile=prof.name,
+                         title=f"Accuracy against PGD steps ({dataset}; band: 95% interval)")
+    return eps, steps

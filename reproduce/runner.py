@@ -43,6 +43,11 @@ def run_notebooks(profile: str | None = None, dataset: str = "cifar10", *, devic
     import papermill
 
     profile = choose_profile(profile)
+    unknown = [o for o in only or [] if not any(o in (n, n.split("_")[0]) for n in NOTEBOOKS)]
+    if unknown:
+        print(f"error: no notebook {', '.join(map(repr, unknown))}; name them by number, e.g. --only 03 04 "
+              f"(they are {', '.join(n.split('_')[0] for n in NOTEBOOKS)})")
+        return 2
     if objectives not in OBJECTIVES:
         print(f"error: unknown objectives {objectives!r}; choose one of {list(OBJECTIVES)}")
         return 2

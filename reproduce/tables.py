@@ -9,38 +9,23 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict
-from importlib import resources
 from pathlib import Path
 
 import pandas as pd
 
-from .attacks import AttackSpec, table1_specs
+from .attacks import AttackSpec
 from .config import PROTOCOL_VERSION, get_profile
 from .evaluation import black_box, black_box_checks, evaluate_white_box
 from .grid import SURROGATE_SEED_OFFSET, seeds, surrogate_experiments, table1_experiments, table4_experiments
-from .losses import PAPER_LOSSES
+from .protocol import SURROGATES, TABLE1, TABLE4, TABLES, autoattack_note
 from .stats import wilson_interval
 from .store import RunStore, read_json, write_json
 from .training import load_trained
 
-TABLE1_COLUMNS = ["clean", "fgsm", "bim7", "pgd7", "pgd20", "pgd20x20", "mim40"]
-COLUMN_TITLES = {"clean": "Clean", "fgsm": "FGSM", "bim7": "BIM (7)", "pgd7": "PGD (7)", "pgd20": "PGD (20)",
-                 "pgd20x20": "20PGD (20)", "mim40": "MIM (40)"}
-SURROGATE_COLUMNS = [f"surrogate_{loss}" for loss in PAPER_LOSSES]
-PAPER_FILES = {"table1": "table1_white_box.csv", "table2": "table2_black_box_fgsm.csv",
-               "table3": "table3_black_box_20pgd.csv", "table4": "table4_aaml_at_sweep.csv"}
-
 
 def paper_table(name: str) -> pd.DataFrame:
-    """The paper's published numbers (CIFAR-10), indexed like our tables."""
-    with resources.files("reproduce").joinpath("paper", PAPER_FILES[name]).open() as f:
-        df = pd.read_csv(f)
-    if name == "table1":
-        return df.set_index("model")[TABLE1_COLUMNS]
-    if name in ("table2", "table3"):
-        return df.set_index("target")[SURROGATE_COLUMNS]
-    df["m"] = df["m"].map(lambda m: f"{m:.2f}")
-    return df.set_index("m")
+    """The paper's published numbers (CIFAR-10) of a table, indexed like ours."""
+    return TABLES[name].paper()
 
 
 def _fmt(v) -> str:
@@ -81,10 +66,11 @@ def white_box_column(cells: pd.DataFrame, column: str) -> dict:
 
 
 def comparison_markdown(summary: pd.DataFrame, paper: pd.DataFrame, dataset: str, title: str,
-                        notes: list[str] = (), index_name: str = "") -> str:
+                        notes: list[str] = (), index_name: str = "", titles: dict | None = None) -> str:
     """One Markdown table: each cell 'ours ±half-width / paper'. On CIFAR-10 the difference follows, and
     is marked when the paper's number lies inside our 95% interval; on another dataset a difference
-    would compare two datasets, so it is left out."""
+    would compare two datasets, so it is left out. A column the paper does not have shows '-' for it."""
+    titles = titles or {}
     same_data = dataset == "cifar10"
     several = bool((summary["seeds"] > 1).any())
     spread = ", sd: the standard deviation over seeds" if several else ""
@@ -94,7 +80,7 @@ def comparison_markdown(summary: pd.DataFrame, paper: pd.DataFrame, dataset: str
     rows = list(pd.unique(summary["row"]))
     cols = list(pd.unique(summary["column"]))
     lines = [f"### {title}", "", header, "",
-             "| " + " | ".join([index_name] + [COLUMN_TITLES.get(c, c) for c in cols]) + " |",
+             "| " + " | ".join([index_name] + [titles.get(c, c) for c in cols]) + " |",
              "|" + "---|" * (len(cols) + 1)]
     by_cell = summary.set_index(["row", "column"])
     for r in rows:
@@ -121,14 +107,16 @@ def comparison_markdown(summary: pd.DataFrame, paper: pd.DataFrame, dataset: str
     return "\n".join(lines) + "\n"
 
 
-def write_table(cells: pd.DataFrame, name: str, out_dir: Path, dataset: str, title: str,
-                notes: list[str] = (), file_stem: str | None = None, index_name: str = "") -> str:
+def write_table(cells: pd.DataFrame, name: str, out_dir: Path, dataset: str, title: str | None = None,
+                notes: list[str] = (), file_stem: str | None = None, index_name: str | None = None) -> str:
     """Write <stem>.csv (the mean of each cell, as the paper's table), <stem>_intervals.csv (mean, sd,
     seeds, test images, 95% interval and the paper's number, a line per cell) and <stem>.md; return
-    the Markdown."""
+    the Markdown. Title, file stem and index name default to the table's definition in protocol.py."""
+    table = TABLES[name]
+    title, index_name = title or table.title, table.index_name if index_name is None else index_name
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = file_stem or name
+    stem = file_stem or table.file_stem
     wide(cells, index_name=index_name).to_csv(out_dir / f"{stem}.csv", float_format="%.2f")
     summary = summarise(cells)
     paper = paper_table(name)
@@ -136,7 +124,8 @@ def write_table(cells: pd.DataFrame, name: str, out_dir: Path, dataset: str, tit
                         for r, c in zip(summary["row"], summary["column"])]
     summary.rename(columns={"row": index_name or "row"}).to_csv(out_dir / f"{stem}_intervals.csv", index=False,
                                                                 float_format="%.2f")
-    md = comparison_markdown(summary, paper, dataset, title, notes, index_name)
+    md = comparison_markdown(summary, paper, dataset, title, notes, index_name,
+                             {k: table.title_of(k) for k in table.keys})
     (out_dir / f"{stem}.md").write_text(md)
     return md
 
@@ -151,23 +140,24 @@ def _seed_prefix(exp, profile) -> str:
 
 def table1(profile_name, dataset: str, data, store: RunStore, device=None, progress: bool = True,
            objectives: str = "authors"):
-    """Table I: 15 models x (clean + six attacks), for every seed, with each model's sanity flags.
+    """Table I: 15 models x the columns of protocol.TABLE1, for every seed, with each model's sanity
+    flags. Each (model, column) is cached: a new column is computed alone.
 
     Returns (cells, {label: flags}); `wide(cells)` is the table as the paper prints it."""
     profile = get_profile(profile_name)
     x, y = _test_images(data, profile)
-    specs = table1_specs(restarts=profile.restarts, mim_steps=profile.mim_steps)
+    specs, columns = TABLE1.specs(profile), TABLE1.keys
     records, flags = [], {}
     for exp in table1_experiments(profile, dataset, objectives=objectives):
         found = flags.setdefault(exp.label, [])
         result = store.result(exp)
         if result is None or result["status"] != "finished":
-            records += [cell(exp.label, c, exp.seed, None, len(y)) for c in TABLE1_COLUMNS]
+            records += [cell(exp.label, c, exp.seed, None, len(y)) for c in columns]
             found.append(_seed_prefix(exp, profile) + ("not trained" if result is None else "diverged"))
             continue
         model = load_trained(exp, store, device)
         ev = evaluate_white_box(exp, model, x, y, specs, store, progress=progress)
-        records += [cell(exp.label, c, exp.seed, ev["row"][c], len(y)) for c in TABLE1_COLUMNS]
+        records += [cell(exp.label, c, exp.seed, ev["row"][c], len(y)) for c in columns]
         found += [_seed_prefix(exp, profile) + f for f in ev["flags"]]
     return pd.DataFrame(records), flags
 
@@ -180,7 +170,9 @@ def table1_notes(flags: dict, profile_name) -> list[str]:
                          "are the usual signs of gradient masking (ALP is known for it).")
     if not notes:
         notes.append("All sanity checks passed: eps = 0 equals clean, no attack above clean, PGD-20 <= PGD-7 and "
-                     "20PGD <= PGD-20 (within 1 point), and PGD accuracy falls below 10% as eps grows.")
+                     "20PGD <= PGD-20 (within 1 point), AutoAttack at or below every other attack and not far "
+                     "below PGD-20, and PGD accuracy falls below 10% as eps grows.")
+    notes.append(autoattack_note(get_profile(profile_name)))
     if get_profile(profile_name).name == "smoke":
         notes.append("SMOKE PROFILE: thin network, a slice of the data, few epochs. These numbers test the pipeline; "
                      "they do not reproduce the paper.")
@@ -193,14 +185,17 @@ def _bb_cache_path(store: RunStore, targets, surrogates, spec: AttackSpec, x) ->
     return store.root / "tables" / f"black_box-{hashlib.sha256(payload.encode()).hexdigest()[:12]}.json"
 
 
-def black_box_table(profile_name, dataset: str, data, store: RunStore, spec: AttackSpec, device=None,
+def black_box_table(profile_name, dataset: str, data, store: RunStore, spec: AttackSpec | str, device=None,
                     white: dict | None = None, progress: bool = True, objectives: str = "authors"):
     """Tables II / III: the 15 Table I models as targets of the 5 UM surrogates' adversarial images,
-    each seed's targets attacked through the same seed's surrogates.
+    each seed's targets attacked through the same seed's surrogates. `spec` is the attack, or the name
+    of the table ("table2", "table3") whose attack protocol.py defines.
 
     `white` (target label -> white-box accuracy of the same attack) enables the white <= black check.
     Returns (cells, flags)."""
     profile = get_profile(profile_name)
+    if isinstance(spec, str):
+        spec = TABLES[spec].attack.spec(profile)
     x, y = _test_images(data, profile)
     all_targets = table1_experiments(profile, dataset, objectives=objectives)
     all_surrogates = surrogate_experiments(profile, dataset)
@@ -218,7 +213,7 @@ def black_box_table(profile_name, dataset: str, data, store: RunStore, spec: Att
             write_json(path, matrix)
         for e in all_targets:
             if e.seed == seed:
-                records += [cell(e.label, c, seed, matrix.get(e.label, {}).get(c), len(y)) for c in SURROGATE_COLUMNS]
+                records += [cell(e.label, c, seed, matrix.get(e.label, {}).get(c), len(y)) for c in SURROGATES]
     cells = pd.DataFrame(records)
     means = wide(cells)
     matrix = {t: {s: v for s, v in row.items() if not pd.isna(v)} for t, row in means.iterrows()}
@@ -236,7 +231,7 @@ def table4(profile_name, dataset: str, data, store: RunStore, device=None, chanc
     where the run diverged or ended at chance accuracy (untrainable). Returns cells."""
     profile = get_profile(profile_name)
     x, y = _test_images(data, profile)
-    spec = AttackSpec("pgd", steps=7, random_start=True, label="pgd7")
+    spec = TABLE4.attack.spec(profile)
     records = []
     for exp in table4_experiments(profile, dataset, objectives=objectives):
         m, s = exp.params["m"], exp.params["s"]

@@ -46,5 +46,7 @@ def test_claims_follow_the_numbers():
     assert "holds here (plain HT-SCE 30.0%, the other cells 70.0% to 80.0%)" in holds[0]
     assert "(512, 64) reaches 80.0% clean and 40.0% under PGD-7" in holds[1]
     assert "best clean accuracy is at s = 4 (80.0%" in holds[2] and "60.0% on average, below" in holds[2]
-    fails = abcl.claims(_grid({(0, 0): 90.0, (512, 64): 80.0}), sweep)
+    fails = abcl.claims(_grid({(0, 0): 90.0, (512, 64): 80.0}), sweep, n_images=300)
     assert "does not hold here" in fails[0]
+    assert "(0, 0) (45.0%)" in fails[1]  # the most robust cell, printed as plain numbers
+    assert "300 test images: its 95% interval is about ±4." in fails[-1]

@@ -68,9 +68,27 @@ def test_bad_specs_are_rejected():
     with pytest.raises(ValueError, match="unknown attack"):
         AttackSpec("cw")
     with pytest.raises(ValueError, match="eps"):
-        AttackSpec("pgd", eps=3.0)
+        AttackSpec("pgd", eps=3.0, steps=7)
     with pytest.raises(ValueError, match="L2"):
-        AttackSpec("pgd", norm="l2")
+        AttackSpec("pgd", norm="l2", steps=7)
+
+
+def test_iterative_attacks_need_their_steps_and_pgd_starts_at_random():
+    for name in ("bim", "pgd", "mim"):
+        with pytest.raises(ValueError, match="needs steps="):
+            AttackSpec(name)
+    assert AttackSpec("pgd", steps=7).random_start and not AttackSpec("bim", steps=7).random_start
+    assert AttackSpec("fgsm").steps == 1
+
+
+def test_images_outside_the_unit_range_or_not_float_are_refused():
+    model = small_model(0).eval()
+    x, y = torch.rand(4, 1, 8, 8), torch.randint(0, 5, (4,))
+    spec = AttackSpec("fgsm")
+    with pytest.raises(ValueError, match=r"x.float\(\) / 255"):
+        attack(model, (x * 255).to(torch.uint8), y, spec)
+    with pytest.raises(ValueError, match=r"lie in \[0, 1\]"):
+        attack(model, (x - 0.5) / 0.25, y, spec)
 
 
 @pytest.mark.parametrize("stop_when_broken", [False, True])

@@ -67,4 +67,29 @@ def test_robust_accuracy_never_exceeds_clean(fashion_model, batch):
     clean = robust_accuracy(fashion_model, x, y, None)
     for spec in (AttackSpec("fgsm", step=EPS), AttackSpec("pgd", steps=7, random_start=True)):
         assert robust_accuracy(fashion_model, x, y, spec) <= clean
-    assert robust_accuracy(fashion_model, x, y, AttackSpec("pgd", eps=0.0)) == clean
+    assert robust_accuracy(fashion_model, x, y, AttackSpec("pgd", eps=0.0, steps=7)) == clean
+
+
+def test_autoattack_column_is_torchattacks_and_no_weaker_than_pgd20(fashion_model, batch):
+    """The AA column (reduced version, as the smoke profile runs it) equals a direct torchattacks call
+    and is at most PGD-20's accuracy (within the ordering tolerance)."""
+    from reproduce.evaluation import ORDER_TOLERANCE
+
+    x, y = batch
+    spec = AttackSpec("autoattack", version="apgd", steps=10)
+    ours = attack(fashion_model, x, y, spec)
+    direct = torchattacks.MultiAttack([torchattacks.APGD(fashion_model, eps=EPS, steps=10, loss=loss, seed=0)
+                                       for loss in ("ce", "dlr")])(x, y)
+    assert _acc(fashion_model, ours, y) == _acc(fashion_model, direct, y)
+    assert (ours - x).abs().max() <= EPS + 1e-6 and 0 <= ours.min() and ours.max() <= 1
+    pgd20 = robust_accuracy(fashion_model, x, y, AttackSpec("pgd", steps=20))
+    assert robust_accuracy(fashion_model, x, y, spec) <= pgd20 + ORDER_TOLERANCE
+
+
+def test_accuracy_falls_to_near_zero_as_eps_grows(fashion_model, batch):
+    from reproduce.evaluation import eps_curve
+
+    x, y = batch
+    curve = list(eps_curve(fashion_model, x[:100], y[:100]).values())
+    assert curve[0] == pytest.approx(_acc(fashion_model, x[:100], y[:100])) and curve[0] > 50
+    assert curve[-1] <= 2.0

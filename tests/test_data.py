@@ -198,3 +198,34 @@ def test_augmented_batches_keep_each_image_with_its_label(drop_last):
         own = (y + 1).float().view(-1, 1, 1, 1)
         assert ((values == own) | (values == 0)).all()
         assert (values == own).flatten(1).any(1).all()  # a window keeps >= 12 x 12 pixels, erasing takes <= 85
+
+
+class _RunsCode:
+    """A pickle that would create a folder when loaded with a plain pickle.load."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        import os
+
+        return os.makedirs, (self.path,)
+
+
+def test_cifar_files_are_read_without_running_code_and_a_bad_one_is_named(tmp_path):
+    import pickle
+
+    from reproduce.data import DatasetCorrupt, load_dataset
+
+    root = write_cifar10(tmp_path / "data", n_train=50, n_test=20)
+    folder = root / "cifar-10-batches-py"
+    assert load_dataset("cifar10", root).classes[0] == "airplane"
+    marker = tmp_path / "code_ran"
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": _RunsCode(str(marker))}))
+    with pytest.raises(DatasetCorrupt, match="batches.meta"):
+        load_dataset("cifar10", root)
+    assert not marker.exists()
+    write_cifar10(tmp_path / "data", n_train=50, n_test=20)
+    (folder / "data_batch_3").write_bytes((folder / "data_batch_3").read_bytes()[:100])
+    with pytest.raises(DatasetCorrupt, match="data_batch_3"):
+        load_dataset("cifar10", root)

@@ -23,7 +23,7 @@ def test_every_loss_trains_smoke_resnet_one_epoch(loss, tmp_path, fashion):
 @pytest.mark.slow
 def test_every_panel_of_the_2d_figure_is_a_trained_model(tmp_path, fashion):
     """Notebook 01's plane: each loss, with the plane's settings, beats 50% (chance is 10%)."""
-    from reproduce.report import plane_experiment
+    from reproduce.abcl import plane_experiment
 
     accuracy = {}
     for loss in sorted(LOSSES):

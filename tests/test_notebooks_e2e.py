@@ -14,7 +14,8 @@ TINY = dict(width=4, epochs=1, test_limit=40, val_limit=None, restarts=2, mim_st
 
 EXPECTED = ["table1_white_box", "table2_black_box_fgsm", "table3_black_box_20pgd", "table4_aaml_sweep"]
 FIGURES = ["fig1_tsne_sm_vs_aaml.png", "fig2_tsne_airplane_fgsm.png", "fig_table4_heatmap.png",
-           "fig_training_curves.png", "fig_losses_2d_embeddings.png", "appendix_a_feature_norm.png",
+           "fig_training_curves.png", "fig_losses_2d_embeddings.png", "fig_curve_eps.png", "fig_curve_iterations.png",
+           "appendix_a_feature_norm.png",
            "appendix_b_k1k2_grid.png", "appendix_c_scale_sweep.png", "appendix_d_tsne_mnist.png"]
 
 
@@ -27,7 +28,7 @@ def test_every_notebook_runs_and_writes_every_output(tmp_path):
                        figures_dir=tmp_path / "figures", profile_overrides=TINY)
     assert rc == 0
     out = tmp_path / "figures" / "cifar10-smoke"
-    shapes = {"table1_white_box": (15, 7), "table2_black_box_fgsm": (15, 5), "table3_black_box_20pgd": (15, 5),
+    shapes = {"table1_white_box": (15, 8), "table2_black_box_fgsm": (15, 5), "table3_black_box_20pgd": (15, 5),
               "table4_aaml_sweep": (5, 4)}
     for stem in EXPECTED:
         df = pd.read_csv(out / f"{stem}.csv", index_col=0)
@@ -42,12 +43,16 @@ def test_every_notebook_runs_and_writes_every_output(tmp_path):
     assert list(t1.index[:3]) == ["SM-UM", "SM-AT", "SM-ALP"]
     for name in FIGURES:
         assert (out / name).stat().st_size > 10_000, name
-    for csv in ("appendix_a_feature_norm", "appendix_b_k1k2_grid", "appendix_c_scale_sweep", "appendix_d_tsne_mnist"):
+    for csv in ("appendix_a_feature_norm", "appendix_b_k1k2_grid", "appendix_c_scale_sweep", "appendix_d_tsne_mnist",
+                "appendix_recipe_search", "curve_eps", "curve_iterations"):
         assert len(pd.read_csv(out / f"{csv}.csv")) > 0
     a = pd.read_csv(out / "appendix_a_feature_norm.csv")
     assert {"mean_norm_correct", "mean_norm_misclassified"} <= set(a.columns) and len(a) == 4
     b = pd.read_csv(out / "appendix_b_k1k2_grid.csv")
     assert {(0, 0), (512, 64)} <= set(zip(b.k1, b.k2))
+    c = pd.read_csv(out / "appendix_c_scale_sweep.csv")
+    assert set(c.s) == set(range(1, 11)) and c["loss"].nunique() == 2
+    assert "aa" in t1.columns and "AA: a reduced AutoAttack" in (out / "table1_white_box.md").read_text()
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["profile"] == "smoke" and manifest["dataset"] == "cifar10" and manifest["end_time"]
     assert manifest["objectives"] == "authors"
