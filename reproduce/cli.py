@@ -72,12 +72,18 @@ def cmd_train(args) -> int:
 
 
 def cmd_grid(args) -> int:
-    from .grid import experiments_for, train_all
+    from .executors import run_grid
+    from .grid import experiments_for
     from .store import RunStore
 
     store = RunStore(args.runs)
     exps = experiments_for(args.table, args.profile, args.dataset, objectives=args.objectives)
-    runs = train_all(exps, store, device=args.device, data_root=args.data, progress=not args.quiet)
+    slurm = {k: v for k, v in dict(slurm_partition=args.slurm_partition, timeout_min=args.slurm_time,
+                                   gpus_per_node=args.slurm_gpus).items() if v is not None}
+    gpus = [int(g) for g in args.gpus.split(",")] if args.gpus else []
+    runs = run_grid(exps, store, executor=args.executor, workers=args.workers, gpus=gpus,
+                    workers_per_gpu=args.workers_per_gpu, device=args.device, data_root=args.data, slurm=slurm,
+                    progress=not args.quiet)
     for exp, run in runs.items():
         acc = run.result["best_val_acc"]
         shown = f"{acc:.2f}" if acc is not None else "-"
@@ -156,6 +162,14 @@ def main(argv=None) -> int:
     p = sub.add_parser("grid", help="train every experiment a table needs")
     _common(p)
     p.add_argument("--table", required=True, choices=["1", "2", "3", "4", "surrogates"])
+    p.add_argument("--executor", default="none", choices=["none", "local", "slurm"],
+                   help="none: this process (default); local: --workers processes here; slurm: a job array")
+    p.add_argument("--workers", type=int, default=1, help="worker processes or array tasks (default 1)")
+    p.add_argument("--gpus", default=None, help="local: GPU indices to use, e.g. 0,1,2,3")
+    p.add_argument("--workers-per-gpu", type=int, default=1, help="local: workers sharing one GPU (default 1)")
+    p.add_argument("--slurm-partition", default=None)
+    p.add_argument("--slurm-time", type=int, default=None, help="minutes per array task")
+    p.add_argument("--slurm-gpus", type=int, default=None, help="GPUs per array task")
     p.set_defaults(func=cmd_grid)
 
     p = sub.add_parser("bench", help="benchmarks of each speed lever")

@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 import os
+import warnings
 from dataclasses import dataclass
 
 
@@ -72,6 +73,15 @@ def get_profile(name: str | Profile | None = None, **overrides) -> Profile:
     unknown = set(overrides) - {f.name for f in dataclasses.fields(Profile)}
     if unknown:
         raise ValueError(f"unknown profile fields {sorted(unknown)}")
+    for k, v in overrides.items():
+        current = getattr(profile, k)
+        expected = (int, float) if isinstance(current, float) else type(current)
+        if v is None or current is None and isinstance(v, int) and not isinstance(v, bool):
+            continue
+        if isinstance(v, bool) or not isinstance(v, expected):
+            raise ValueError(f"profile field {k}={v!r}: expected {type(current).__name__} like {current!r}")
+        if isinstance(v, (int, float)) and v <= 0:
+            raise ValueError(f"profile field {k}={v!r}: must be above 0")
     return dataclasses.replace(profile, **{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -147,6 +157,10 @@ class Experiment:
                              f"batch_size={self.batch_size}, width={self.width}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a finite number above 0; got {self.lr}")
+        if self.epochs > 5000:
+            warnings.warn(f"epochs={self.epochs}: about {self.epochs * (self.train_limit or 45_000):.2g} image passes "
+                          f"for this one model (the paper's schedule stops by 1000 epochs); `python -m reproduce "
+                          f"plan` prices a whole profile", stacklevel=2)
         for name in ("train_limit", "val_limit"):
             value = getattr(self, name)
             if value is not None and value < 1:

@@ -12,6 +12,7 @@ import os
 import pickle
 import shutil
 import socket
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,10 +84,15 @@ def _link_debian_fashion_mnist(root: Path) -> None:
     for gz in DEBIAN_FASHION_MNIST.glob("*-ubyte.gz"):
         target = raw / gz.name[:-3]
         if not target.exists():
-            tmp = target.with_suffix(".tmp")
-            with gzip.open(gz, "rb") as src, open(tmp, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-            tmp.rename(target)
+            # a temporary name of its own: two processes filling an empty folder never collide, and a
+            # killed copy never becomes the target
+            fd, tmp = tempfile.mkstemp(dir=raw, prefix=f".{target.name}.")
+            try:
+                with gzip.open(gz, "rb") as src, os.fdopen(fd, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+                os.replace(tmp, target)
+            finally:
+                Path(tmp).unlink(missing_ok=True)
 
 
 class DatasetCorrupt(ValueError):

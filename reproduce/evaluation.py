@@ -11,12 +11,13 @@ import json
 from dataclasses import asdict, replace
 
 import torch
+from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
 from .attacks import AttackSpec, attack
 from .config import PROTOCOL_VERSION
 from .data import DeviceLoader
-from .store import RunStore, read_json, write_json
+from .store import RunStore, StoreError, read_checked_json, write_checked_json
 
 EPS_SWEEP = (0, 4 / 255, 8 / 255, 16 / 255, 32 / 255, 64 / 255, 128 / 255)
 CURVE_BASE = AttackSpec("pgd", steps=7, random_start=True)  # Table I's PGD-7, scaled to each eps
@@ -99,21 +100,49 @@ def white_box_checks(row: dict, curve: dict | None = None, tol: float = ORDER_TO
 
 
 def evaluate_columns(experiment, model, images, labels, specs, store: RunStore | None = None, *,
-                     progress: bool = True) -> dict:
+                     progress: bool = True, wait_for_claim: bool = True) -> dict:
     """{'clean': accuracy, column: accuracy for each spec}, each column cached on its own in the run's
-    eval/ folder: a new column is computed alone, the others come from the cache."""
+    eval/ folder: a new column is computed alone, the others come from the cache. Each column's random
+    draws are seeded from the model and the column, so a number does not depend on what was evaluated
+    before it, nor on which worker computed it. A column being computed by another process is waited
+    for (or, with `wait_for_claim=False`, left out of the row)."""
     store = store or RunStore()
     row = {}
     for spec in [None] + list(specs):
         column = "clean" if spec is None else spec.column
         path = store.eval_path(experiment, _cache_name(f"column-{column}", [spec], images))
-        if not path.exists():
-            accuracy = robust_accuracy(model, images, labels, spec, progress=progress,
-                                       desc=f"{experiment.label} {column}")
-            write_json(path, {"label": experiment.label, "key": experiment.key, "column": column,
-                              "spec": None if spec is None else asdict(spec), "accuracy": accuracy})
-        row[column] = read_json(path)["accuracy"]
+        cached = read_cache(path)
+        if cached is None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            claim = FileLock(str(path) + ".lock")
+            try:
+                claim.acquire(timeout=-1 if wait_for_claim else 0)
+            except Timeout:
+                continue
+            try:
+                cached = read_cache(path)  # computed by the process we waited for
+                if cached is None:
+                    torch.manual_seed(int(hashlib.sha256(f"{experiment.key}/{column}".encode()).hexdigest()[:8], 16))
+                    cached = {"label": experiment.label, "key": experiment.key, "column": column,
+                              "spec": None if spec is None else asdict(spec),
+                              "accuracy": robust_accuracy(model, images, labels, spec, progress=progress,
+                                                          desc=f"{experiment.label} {column}")}
+                    write_checked_json(path, cached)
+            finally:
+                claim.release()
+        row[column] = cached["accuracy"]
     return row
+
+
+def read_cache(path):
+    """A cached evaluation, or None when there is none or it was damaged or edited (then recomputed)."""
+    if not path.exists():
+        return None
+    try:
+        return read_checked_json(path)
+    except StoreError as e:
+        print(f"warning: {e}; recomputing it")
+        return None
 
 
 def evaluate_white_box(experiment, model, images, labels, specs, store: RunStore | None = None, *,
@@ -124,9 +153,11 @@ def evaluate_white_box(experiment, model, images, labels, specs, store: RunStore
     curve = None
     if with_checks:
         path = store.eval_path(experiment, _cache_name("eps_curve", [CURVE_BASE], images))
-        if not path.exists():
-            write_json(path, eps_curve(model, images, labels))
-        curve = read_json(path)
+        cached = read_cache(path)
+        if cached is None:
+            cached = {"curve": eps_curve(model, images, labels)}
+            write_checked_json(path, cached)
+        curve = cached["curve"]
     return {"label": experiment.label, "key": experiment.key, "row": row, "eps_curve": curve,
             "flags": white_box_checks(row, curve)}
 

@@ -48,6 +48,11 @@ def run_notebooks(profile: str | None = None, dataset: str = "cifar10", *, devic
         print(f"error: no notebook {', '.join(map(repr, unknown))}; name them by number, e.g. --only 03 04 "
               f"(they are {', '.join(n.split('_')[0] for n in NOTEBOOKS)})")
         return 2
+    try:
+        get_profile(profile, **(profile_overrides or {}))  # a wrong override fails here, not in a notebook
+    except ValueError as e:
+        print(f"error: {e}")
+        return 2
     if objectives not in OBJECTIVES:
         print(f"error: unknown objectives {objectives!r}; choose one of {list(OBJECTIVES)}")
         return 2

@@ -1,13 +1,18 @@
-"""Where runs live: one directory per experiment, atomic writes, verified checkpoints.
+"""Where runs live: one directory per experiment, atomic writes, verified files.
 
-A run directory holds config.json, last.pt / best.pt (each with a .sha256 beside it),
-metrics.jsonl (one line per epoch), result.json (written once training ends) and eval/*.json.
+A run directory holds config.json, last.pt / best.pt, metrics.jsonl (one line per epoch),
+result.json (written once training ends) and eval/*.json. Every file is written to a temporary file
+and renamed, so a kill leaves the old file or the new one, never half of one. A checkpoint carries its
+SHA-256 in its own first line and each JSON file of a run carries the SHA-256 of its content: a file
+and its digest are one write, so they cannot disagree after a kill, and a damaged or edited file is
+caught and named when it is read. No NaN is ever written: non-finite numbers become null.
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -19,6 +24,11 @@ DEFAULT_ROOT = Path(os.environ.get("REPRODUCE_RUNS", "runs"))
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, truncated or corrupted."""
+
+
+class StoreError(RuntimeError):
+    """A file of the store is damaged or was edited; the message names it and what to do."""
+
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -41,47 +51,110 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+def finite(obj):
+    """obj with every non-finite float replaced by None (JSON has no NaN)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj
+
+
+def _dumps(obj, **kw) -> str:
+    return json.dumps(finite(obj), sort_keys=True, default=str, allow_nan=False, **kw)
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(_dumps(obj).encode()).hexdigest()
+
+
 def write_json(path: Path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    """A JSON file for people (the manifest): no digest."""
+    atomic_write_text(path, _dumps(obj, indent=2) + "\n")
 
 
 def read_json(path: Path):
-    return json.loads(Path(path).read_text())
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise StoreError(f"{path} is not valid JSON ({e}); delete it and run again to rewrite it") from None
+
+
+def write_checked_json(path: Path, obj: dict) -> None:
+    """A JSON object of the store, with the SHA-256 of its content in the same file."""
+    atomic_write_text(path, _dumps(dict(finite(obj), sha256=_digest(obj)), indent=2) + "\n")
+
+
+def read_checked_json(path: Path) -> dict:
+    """A JSON object written by write_checked_json; a damaged or edited file raises StoreError with its path."""
+    obj = read_json(path)
+    digest = obj.pop("sha256", None) if isinstance(obj, dict) else None
+    if digest != _digest(obj):
+        raise StoreError(f"{path} was edited or damaged (its SHA-256 does not match); delete it and run again "
+                         "to rewrite it")
+    return obj
 
 
 def append_jsonl(path: Path, record: dict) -> None:
     """Rewrite the whole file atomically: metrics files are small and must never end mid-line."""
     path = Path(path)
     old = path.read_text() if path.exists() else ""
-    atomic_write_text(path, old + json.dumps(record, sort_keys=True) + "\n")
+    atomic_write_text(path, old + _dumps(record) + "\n")
 
 
 def read_jsonl(path: Path) -> list[dict]:
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise StoreError(f"{path}, line {i}, is not valid JSON ({e}); delete the run directory "
+                                 f"{path.parent} to retrain it") from None
+    return records
+
+
+def keep_epochs(path: Path, last_epoch: int) -> None:
+    """Cut metrics.jsonl back to the epochs a checkpoint holds (a kill may have left a later one)."""
+    records = read_jsonl(path)
+    kept = [r for r in records if r.get("epoch", 0) <= last_epoch]
+    if len(kept) != len(records):
+        atomic_write_text(path, "".join(_dumps(r) + "\n" for r in kept))
+
+
+def remove_temporary_files(folder: Path) -> None:
+    """Delete what killed atomic writes left behind (".<name>.<random>" files)."""
+    for tmp in Path(folder).glob(".*.*"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+
+
+CHECKPOINT_HEADER = b"sha256:"
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    """Save with a SHA-256 sidecar so a corrupted file is caught before it is loaded."""
+    """Save with the SHA-256 of the payload as the file's first line: one write, so a kill can never
+    leave a checkpoint and its digest that disagree, and a corrupted file is caught before loading."""
     buffer = io.BytesIO()
     torch.save(state, buffer)
     data = buffer.getvalue()
-    atomic_write_bytes(path, data)
-    atomic_write_text(Path(str(path) + ".sha256"), hashlib.sha256(data).hexdigest() + "\n")
+    atomic_write_bytes(path, CHECKPOINT_HEADER + hashlib.sha256(data).hexdigest().encode() + b"\n" + data)
 
 
 def load_checkpoint(path: Path, map_location="cpu") -> dict:
     """Load a checkpoint after checking its digest; tensors only (weights_only=True), never code."""
     path = Path(path)
-    digest_path = Path(str(path) + ".sha256")
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
-    data = path.read_bytes()
-    if not digest_path.exists():
-        raise CheckpointError(f"checkpoint {path} has no {digest_path.name}; cannot verify it")
-    expected = digest_path.read_text().strip()
+    raw = path.read_bytes()
+    header, _, data = raw.partition(b"\n")
+    expected = header[len(CHECKPOINT_HEADER):].decode(errors="replace") if header.startswith(CHECKPOINT_HEADER) else ""
     if hashlib.sha256(data).hexdigest() != expected:
         raise CheckpointError(
             f"checkpoint {path} is corrupted or truncated (SHA-256 mismatch); delete the run directory "
@@ -105,7 +178,7 @@ class RunStore:
     def result(self, experiment) -> dict | None:
         """The result.json of a run that ended (finished or diverged), else None."""
         path = self.run_dir(experiment) / "result.json"
-        return read_json(path) if path.exists() else None
+        return read_checked_json(path) if path.exists() else None
 
     def is_done(self, experiment) -> bool:
         return self.result(experiment) is not None

@@ -15,11 +15,11 @@ import pandas as pd
 
 from .attacks import AttackSpec
 from .config import PROTOCOL_VERSION, get_profile
-from .evaluation import black_box, black_box_checks, evaluate_white_box
+from .evaluation import black_box, black_box_checks, evaluate_white_box, read_cache
 from .grid import SURROGATE_SEED_OFFSET, seeds, surrogate_experiments, table1_experiments, table4_experiments
 from .protocol import SURROGATES, TABLE1, TABLE4, TABLES, autoattack_note
 from .stats import wilson_interval
-from .store import RunStore, read_json, write_json
+from .store import RunStore, write_checked_json
 from .training import load_trained
 
 
@@ -204,13 +204,12 @@ def black_box_table(profile_name, dataset: str, data, store: RunStore, spec: Att
         targets = [e for e in all_targets if e.seed == seed and _finished(store, e)]
         surrogates = [e for e in all_surrogates if e.seed == SURROGATE_SEED_OFFSET + seed and _finished(store, e)]
         path = _bb_cache_path(store, targets, surrogates, spec, x)
-        if path.exists():
-            matrix = read_json(path)
-        else:
+        matrix = read_cache(path)
+        if matrix is None:
             matrix = black_box({f"surrogate_{e.loss}": load_trained(e, store, device) for e in surrogates},
                                {e.label: load_trained(e, store, device) for e in targets}, x, y, spec,
                                progress=progress)
-            write_json(path, matrix)
+            write_checked_json(path, matrix)
         for e in all_targets:
             if e.seed == seed:
                 records += [cell(e.label, c, seed, matrix.get(e.label, {}).get(c), len(y)) for c in SURROGATES]

@@ -12,12 +12,21 @@ import time
 from dataclasses import asdict, dataclass
 
 import torch
+from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
 from .data import DataSplit, DeviceLoader, load_dataset
 from .defenses import crafting_spec, defense_loss
 from .models import Classifier, build_model
-from .store import RunStore, append_jsonl, load_checkpoint, save_checkpoint, write_json
+from .store import (
+    RunStore,
+    append_jsonl,
+    keep_epochs,
+    load_checkpoint,
+    remove_temporary_files,
+    save_checkpoint,
+    write_checked_json,
+)
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -118,24 +127,49 @@ def load_trained(experiment, store: RunStore | None = None, device=None, num_cla
     return model.to(device).eval()
 
 
+def _from_store(experiment, store, device) -> TrainedRun:
+    result = store.result(experiment)
+    model = load_trained(experiment, store, device) if result["status"] == "finished" else None
+    return TrainedRun(experiment, model, result, store.run_dir(experiment))
+
+
 def train(experiment, store: RunStore | None = None, *, data: DataSplit | None = None, device=None,
-          data_root=None, progress: bool = True) -> TrainedRun:
+          data_root=None, progress: bool = True, wait_for_claim: bool = True) -> TrainedRun | None:
     """Train an experiment, or return it from the store when it has finished already (or diverged).
-    An interrupted run resumes from its last checkpoint."""
+    An interrupted run resumes from its last checkpoint.
+
+    Training claims the run through a lock file (claim.lock in its directory): another process that
+    asks for the same experiment waits for it and then reads the result (or, with
+    `wait_for_claim=False`, returns None at once). The operating system drops the lock of a process
+    that dies, so a dead worker's claim is taken over."""
     store = store or RunStore()
     device = resolve_device(device)
-    run_dir = store.run_dir(experiment)
     if store.is_done(experiment):
-        result = store.result(experiment)
-        model = load_trained(experiment, store, device) if result["status"] == "finished" else None
-        return TrainedRun(experiment, model, result, run_dir)
+        return _from_store(experiment, store, device)
+    run_dir = store.run_dir(experiment)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    claim = FileLock(str(run_dir / "claim.lock"))
+    try:
+        claim.acquire(timeout=-1 if wait_for_claim else 0)
+    except Timeout:
+        return None
+    try:
+        if store.is_done(experiment):  # finished by the process we waited for
+            return _from_store(experiment, store, device)
+        return _train_claimed(experiment, store, data, device, data_root, progress)
+    finally:
+        claim.release()
 
+
+def _train_claimed(experiment, store, data, device, data_root, progress) -> TrainedRun:
+    run_dir = store.run_dir(experiment)
     data = data or data_for(experiment, data_root)
     if data.name != experiment.dataset:
         raise ValueError(f"data is {data.name} but the experiment asks for {experiment.dataset}")
     data = data.limit(experiment.train_limit, experiment.val_limit)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "config.json", {"experiment": asdict(experiment), "key": experiment.key})
+    remove_temporary_files(run_dir)
+    write_checked_json(run_dir / "config.json", {"experiment": asdict(experiment), "key": experiment.key})
 
     model = build_model(experiment, data.channels, data.num_classes).to(device)
     optimizer = make_optimizer(model, experiment)
@@ -155,6 +189,11 @@ def train(experiment, store: RunStore | None = None, *, data: DataSplit | None =
             scheduler.load_state_dict(state["scheduler"])
         start_epoch, best_val = state["epoch"], state["best_val"]
         print(f"resuming {experiment.label} from epoch {start_epoch} ({last_path})")
+    # metrics and best.pt may hold an epoch that last.pt does not (a kill between the writes): the
+    # epochs after the checkpoint are trained again, and their lines written again
+    keep_epochs(run_dir / "metrics.jsonl", start_epoch)
+    if start_epoch == 0:
+        (run_dir / "best.pt").unlink(missing_ok=True)
 
     status = "finished"
     for epoch in range(start_epoch, experiment.epochs):
@@ -215,7 +254,7 @@ def train(experiment, store: RunStore | None = None, *, data: DataSplit | None =
               "best_val_acc": best_val if status == "finished" else None,
               "epochs_run": len(metrics), "num_classes": data.num_classes, "in_channels": data.channels,
               "train_seconds": sum(m.get("seconds", 0) for m in metrics)}
-    write_json(run_dir / "result.json", result)
+    write_checked_json(run_dir / "result.json", result)
     if status == "diverged":
         if progress:
             print(f"{experiment.label}: loss became non-finite; the run is recorded as diverged ({run_dir})")

@@ -40,3 +40,25 @@ def test_a_data_path_that_is_a_file_or_an_unknown_notebook_is_refused(tmp_path, 
         load_dataset("cifar10", a_file)
     assert run_notebooks("smoke", "cifar10", runs_dir=tmp_path / "runs", data_dir=tmp_path, only=["3"]) == 2
     assert "no notebook '3'" in capsys.readouterr().out
+    assert run_notebooks("smoke", "cifar10", runs_dir=tmp_path / "runs", data_dir=tmp_path,
+                         profile_overrides={"epochs": "4"}) == 2
+    assert "profile field epochs='4'" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"epochs": "4"}, "profile field epochs='4': expected int like 4"),
+    ({"epochs": 0}, "profile field epochs=0: must be above 0"),
+    ({"lr": "fast"}, "profile field lr='fast': expected float"),
+    ({"train_limit": 2.5}, "profile field train_limit=2.5: expected int"),
+])
+def test_profile_overrides_of_the_wrong_type_name_the_field(overrides, message):
+    from reproduce.config import get_profile
+
+    with pytest.raises(ValueError, match=message):
+        get_profile("smoke", **overrides)
+    assert get_profile("smoke", epochs=1, lr=1, test_limit=None).epochs == 1
+
+
+def test_an_absurd_budget_is_warned_about_with_its_cost():
+    with pytest.warns(UserWarning, match=r"epochs=1000000000: about 1e\+13 image passes"):
+        make_experiment("SM", "UM", "smoke", "fashion-mnist", epochs=10**9)

@@ -80,6 +80,8 @@ def test_divergence_is_recorded_not_raised(tmp_path, cifar_root):
     run = train(tiny("AAML", lr=1e8, schedule="constant"), store, data_root=cifar_root, progress=False)
     assert run.diverged and run.model is None
     assert store.result(run.experiment)["status"] == "diverged"
+    metrics = (store.run_dir(run.experiment) / "metrics.jsonl").read_text()
+    assert "NaN" not in metrics and json.loads(metrics.splitlines()[-1])["train_loss"] is None  # JSON has no NaN
 
 
 def _train_cmd(store, data_root, extra=()):
@@ -145,3 +147,88 @@ def test_smoke_softmax_reaches_80_percent_on_fashion_mnist(tmp_path, fashion):
     run = train(exp, RunStore(tmp_path), data=fashion, device="cpu", progress=False)
     assert time.perf_counter() - start < 300
     assert clean_accuracy(run.model, fashion.x_test, fashion.y_test) >= 80.0
+
+
+CRASHING_TRAIN = """
+import os, sys
+from pathlib import Path
+from reproduce import store
+crash_at, count = int(os.environ["CRASH_AT"]), [0]
+real = store.atomic_write_bytes
+def write(path, data):
+    count[0] += 1
+    if count[0] == crash_at:  # killed mid-write: half a temporary file, the target untouched
+        path = Path(path)
+        (path.parent / f".{path.name}.killed").write_bytes(data[: len(data) // 2])
+        os._exit(17)
+    real(path, data)
+store.atomic_write_bytes = write
+from reproduce.cli import main
+rc = main(sys.argv[1:])
+print("writes", count[0])
+sys.exit(rc)
+"""
+
+
+def test_a_crash_at_every_write_then_a_resume_ends_as_an_uninterrupted_run(tmp_path):
+    from conftest import write_cifar10
+
+    data_root = write_cifar10(tmp_path / "data", n_train=600, n_test=20)
+    env = dict(os.environ, OMP_NUM_THREADS="1", CRASH_AT="0")
+    extra = ("--train-limit", "256", "--batch-size", "64")
+    cmd = [sys.executable, "-c", CRASHING_TRAIN, *_train_cmd(tmp_path / "ref", data_root, extra)[3:]]
+    ref = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    writes = int(ref.stdout.split("writes")[-1])
+    ref_metrics, ref_weights, ref_dir = _final_state(tmp_path / "ref")
+    ref_result = json.loads((ref_dir / "result.json").read_text())
+    assert writes >= 8  # config, 3 x (metrics, best, last), result
+    for k in range(1, writes + 1):
+        store_root = tmp_path / f"crash{k}"
+        cmd = [sys.executable, "-c", CRASHING_TRAIN, *_train_cmd(store_root, data_root, extra)[3:]]
+        crashed = subprocess.run(cmd, env=dict(env, CRASH_AT=str(k)), capture_output=True, text=True)
+        assert crashed.returncode == 17, crashed.stderr
+        subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+        metrics, weights, run_dir = _final_state(store_root)
+        assert metrics == ref_metrics, k
+        assert all(torch.equal(ref_weights[name], weights[name]) for name in ref_weights), k
+        result = json.loads((run_dir / "result.json").read_text())
+        assert {**result, "train_seconds": 0, "sha256": ""} == {**ref_result, "train_seconds": 0, "sha256": ""}, k
+        assert not list(run_dir.glob(".*")), k  # no temporary file left behind
+
+
+def test_a_damaged_or_edited_store_file_is_named_or_recomputed(tmp_path, cifar_root, capsys):
+    from reproduce.evaluation import evaluate_columns
+    from reproduce.store import StoreError
+
+    store = RunStore(tmp_path / "runs")
+    exp = tiny(epochs=1)
+    run = train(exp, store, data_root=cifar_root, progress=False)
+    x, y = torch.rand(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    evaluate_columns(exp, run.model, x, y, [], store, progress=False)
+    cache = next((run.run_dir / "eval").glob("*.json"))
+    edited = json.loads(cache.read_text())
+    edited["accuracy"] = 99.0
+    cache.write_text(json.dumps(edited))
+    assert evaluate_columns(exp, run.model, x, y, [], store, progress=False)["clean"] != 99.0
+    assert "was edited or damaged" in capsys.readouterr().out
+    result = run.run_dir / "result.json"
+    result.write_text(result.read_text()[:40])
+    with pytest.raises(StoreError, match=f"{result}.*not valid JSON"):
+        store.result(exp)
+
+
+def test_two_processes_on_one_experiment_train_it_once(tmp_path):
+    from conftest import write_cifar10
+
+    data_root = write_cifar10(tmp_path / "data", n_train=600, n_test=20)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = _train_cmd(tmp_path / "runs", data_root, ("--train-limit", "256", "--batch-size", "64"))
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    metrics, _, run_dir = _final_state(tmp_path / "runs")
+    assert [m["epoch"] for m in metrics] == [1, 2, 3]  # one training, not two interleaved
+    ref = subprocess.run(_train_cmd(tmp_path / "ref", data_root, ("--train-limit", "256", "--batch-size", "64")),
+                         env=env, check=True, capture_output=True)
+    assert ref.returncode == 0 and metrics == _final_state(tmp_path / "ref")[0]

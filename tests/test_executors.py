@@ -1,0 +1,85 @@
+"""Many workers, one store: a grid trained by 2 local workers equals the sequential run, and a Slurm
+submission asks for what it was given."""
+import os
+import stat
+
+import pytest
+import torch
+
+from reproduce.config import make_experiment
+from reproduce.executors import run_grid, worker_devices
+from reproduce.store import RunStore, load_checkpoint
+
+
+def _grid():
+    return [make_experiment(loss, "UM", "smoke", "cifar10", width=4, epochs=2, batch_size=64, train_limit=256,
+                            val_limit=64) for loss in ("SM", "CenL", "AAML", "CosFace")]
+
+
+def test_two_local_workers_train_the_grid_as_one_process_does(tmp_path, cifar_root, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    exps = _grid()
+    one = run_grid(exps, RunStore(tmp_path / "one"), device="cpu", data_root=cifar_root, progress=False)
+    two = run_grid(exps, RunStore(tmp_path / "two"), executor="local", workers=2, device="cpu",
+                   data_root=cifar_root, progress=False)
+    for exp in exps:
+        a, b = one[exp], two[exp]
+        assert a.run_dir.name == b.run_dir.name
+        metrics = [[{k: v for k, v in m.items() if k not in ("seconds", "images_per_s")} for m in records]
+                   for records in (RunStore(tmp_path / "one").metrics(exp), RunStore(tmp_path / "two").metrics(exp))]
+        assert metrics[0] == metrics[1] and len(metrics[0]) == 2
+        wa, wb = load_checkpoint(a.run_dir / "best.pt")["model"], load_checkpoint(b.run_dir / "best.pt")["model"]
+        assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    logs = list((tmp_path / "two" / "submitit").glob("*_result.pkl"))
+    assert len(logs) == 2  # two workers ran
+
+
+def test_worker_devices_share_gpus_and_refuse_too_many_workers():
+    assert worker_devices(4, [0, 1], 2) == ["cuda:0", "cuda:0", "cuda:1", "cuda:1"]
+    assert worker_devices(2, [], 1, "cpu") == ["cpu", "cpu"]
+    with pytest.raises(ValueError, match="do not fit on 2 GPU"):
+        worker_devices(5, [0, 1], 2)
+    with pytest.raises(ValueError, match="workers must be at least 1"):
+        run_grid(_grid(), RunStore("unused"), executor="local", workers=0)
+
+
+def test_a_slurm_grid_is_submitted_as_a_job_array_with_its_options(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(f'#!/bin/sh\ncp "$1" {tmp_path}/submitted.sh\necho "Submitted batch job 4242"\n')
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
+    for tool in ("sbatch", "srun"):
+        (bin_dir / tool).chmod(stat.S_IRWXU)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    jobs = run_grid(_grid(), RunStore(tmp_path / "runs"), executor="slurm", workers=3, wait=False,
+                    slurm={"slurm_partition": "gpu", "timeout_min": 120, "gpus_per_node": 1})
+    assert [job.job_id for job in jobs] == ["4242_0", "4242_1", "4242_2"]
+    script = (tmp_path / "submitted.sh").read_text()
+    for line in ("#SBATCH --partition=gpu", "#SBATCH --time=120", "#SBATCH --gpus-per-node=1",
+                 "#SBATCH --array=0-2%3"):
+        assert line in script, line
+
+
+def test_two_local_workers_fill_the_evaluation_cache_with_the_sequential_numbers(tmp_path, cifar_root, monkeypatch):
+    import shutil
+
+    from reproduce.config import get_profile
+    from reproduce.data import load_dataset
+    from reproduce.evaluation import evaluate_columns
+    from reproduce.executors import evaluate_grid
+    from reproduce.protocol import TABLE1
+    from reproduce.training import load_trained
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    prof = get_profile("smoke", test_limit=16, restarts=2, mim_steps=3, autoattack_steps=2)
+    exps = _grid()[:2]
+    run_grid(exps, RunStore(tmp_path / "one"), device="cpu", data_root=cifar_root, progress=False)
+    shutil.copytree(tmp_path / "one", tmp_path / "two")
+    evaluate_grid(exps, prof, "cifar10", RunStore(tmp_path / "two"), workers=2, device="cpu", data_root=cifar_root)
+    data = load_dataset("cifar10", cifar_root, test_limit=16)
+    for exp in exps:  # sequential, in the other store; then the workers' cache, read without computing
+        one = evaluate_columns(exp, load_trained(exp, RunStore(tmp_path / "one")), data.x_test, data.y_test,
+                               TABLE1.specs(prof), RunStore(tmp_path / "one"), progress=False)
+        two = evaluate_columns(exp, None, data.x_test, data.y_test, TABLE1.specs(prof), RunStore(tmp_path / "two"),
+                               progress=False)  # model None: every column must come from the cache
+        assert one == two and len(one) == len(TABLE1.columns)
