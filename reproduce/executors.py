@@ -10,7 +10,10 @@ table cells as one.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+import torch
 
 from .grid import train_all
 from .store import RunStore
@@ -19,8 +22,15 @@ from .training import train
 EXECUTORS = ("none", "local", "slurm")
 
 
-def _worker(experiments, store_root: str, device, data_root, offset: int) -> list[str]:
+def _share_cpu(device, workers_here: int) -> None:
+    """CPU workers split the cores between them: more threads than cores makes every worker wait."""
+    if device is None or str(device) == "cpu":
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers_here))
+
+
+def _worker(experiments, store_root: str, device, data_root, offset: int, workers_here: int = 1) -> list[str]:
     """Train every experiment of the list that is not done or claimed; return the keys it trained."""
+    _share_cpu(device, workers_here)
     store = RunStore(store_root)
     trained = []
     for exp in experiments[offset:] + experiments[:offset]:
@@ -31,7 +41,8 @@ def _worker(experiments, store_root: str, device, data_root, offset: int) -> lis
     return trained
 
 
-def _eval_worker(experiments, store_root: str, device, data_root, dataset: str, profile, offset: int) -> int:
+def _eval_worker(experiments, store_root: str, device, data_root, dataset: str, profile, offset: int,
+                 workers_here: int = 1) -> int:
     """Evaluate every Table I column of every finished model that no other worker has claimed; return how
     many models it visited."""
     from .data import load_dataset
@@ -39,6 +50,7 @@ def _eval_worker(experiments, store_root: str, device, data_root, dataset: str, 
     from .protocol import TABLE1
     from .training import load_trained
 
+    _share_cpu(device, workers_here)
     store = RunStore(store_root)
     data = load_dataset(dataset, data_root, test_limit=profile.test_limit)
     visited = 0
@@ -118,7 +130,7 @@ def _submit(worker, experiments, args, store, executor, workers, gpus, workers_p
         devices = worker_devices(workers, gpus, workers_per_gpu, device)
         pool = submitit.LocalExecutor(folder=folder)
         pool.update_parameters(timeout_min=(slurm or {}).get("timeout_min", 7 * 24 * 60))
-        return [pool.submit(worker, experiments, root, devices[i], *args, offsets[i]) for i in range(workers)]
+        return [pool.submit(worker, experiments, root, devices[i], *args, offsets[i], workers) for i in range(workers)]
     pool = submitit.AutoExecutor(folder=folder, cluster="slurm")
     pool.update_parameters(slurm_array_parallelism=workers, **(slurm or {}))
     n = len(offsets)

@@ -171,13 +171,16 @@ def curve_panels(df, x: str, panel: str, hue: str, path=None, x_label: str = "",
             if "ci_low" in part:
                 ax.fill_between(part[x], part["ci_low"], part["ci_high"], color=colour, alpha=0.15, linewidth=0)
         ax.set(xlabel=x_label or x, title=str(name), ylim=(0, 100))
-        if log_x:
+        if log_x:  # log axis, ticks at the swept values written out
             ax.set_xscale("log")
+            ticks = sorted(set(df[x]))
+            ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+            ax.minorticks_off()
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("accuracy (%)")
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), bbox_to_anchor=(0.5, -0.08), frameon=False)
-    fig.suptitle(title)
+    fig.suptitle(title, y=1.06)  # above the smoke stamp of narrow figures
     fig.tight_layout()
     stamp(fig, profile)
     return save(fig, path)

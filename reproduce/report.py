@@ -182,7 +182,7 @@ def robustness_curves(profile, dataset: str, data, store: RunStore, out_dir: Pat
         model = load_trained(exp, store, device)
         curve = evaluate_white_box(exp, model, x, y, TABLE1.specs(prof), store, progress=progress)["eps_curve"]
         base = dict(model=exp.label, loss=exp.loss, defense=exp.defense, seed=exp.seed, n=len(y))
-        eps_rows += [dict(base, eps=round(float(e) * 255, 2), accuracy=a) for e, a in curve.items()]
+        eps_rows += [dict(base, eps=round(float(e) * 255, 1), accuracy=a) for e, a in curve.items()]
         if exp.loss in ("SM", "AAML") and exp.defense in ("UM", "AT"):
             row = evaluate_columns(exp, model, x, y, iteration_specs, store, progress=progress)
             step_rows += [dict(base, steps=s.steps, accuracy=row[s.column]) for s in iteration_specs]
