@@ -20,6 +20,7 @@ from .defenses import crafting_spec, defense_loss
 from .models import Classifier, build_model
 from .store import (
     RunStore,
+    StoreError,
     append_jsonl,
     keep_epochs,
     load_checkpoint,
@@ -147,7 +148,11 @@ def train(experiment, store: RunStore | None = None, *, data: DataSplit | None =
     if store.is_done(experiment):
         return _from_store(experiment, store, device)
     run_dir = store.run_dir(experiment)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StoreError(f"cannot write the run store {store.root} ({e.strerror}); point --runs (or "
+                         f"REPRODUCE_RUNS) at a folder you can write") from None
     claim = FileLock(str(run_dir / "claim.lock"))
     try:
         claim.acquire(timeout=-1 if wait_for_claim else 0)

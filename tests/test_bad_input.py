@@ -62,3 +62,13 @@ def test_profile_overrides_of_the_wrong_type_name_the_field(overrides, message):
 def test_an_absurd_budget_is_warned_about_with_its_cost():
     with pytest.warns(UserWarning, match=r"epochs=1000000000: about 1e\+13 image passes"):
         make_experiment("SM", "UM", "smoke", "fashion-mnist", epochs=10**9)
+
+
+def test_a_run_store_that_cannot_be_written_is_named(tmp_path):
+    from reproduce.store import RunStore, StoreError
+    from reproduce.training import train
+
+    not_a_folder = tmp_path / "runs"
+    not_a_folder.write_text("a file where the store should be")
+    with pytest.raises(StoreError, match=f"cannot write the run store {not_a_folder}"):
+        train(make_experiment("SM", "UM", "smoke", "fashion-mnist"), RunStore(not_a_folder), device="cpu")
