@@ -1,4 +1,4 @@
-# Two entry points: `make reproduce` (the whole paper) and `make test` (the suite).
+# Entry points: `make reproduce` (the whole paper), `make test` (the suite), `make lab` (JupyterLab).
 # Both create .venv and install the package into it on first use.
 PYTHON ?= python3
 VENV := .venv
@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PROFILE ?=
 DATASET ?= cifar10
 
-.PHONY: reproduce test bench clean-venv
+.PHONY: reproduce test bench lab clean-venv
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,15 @@ reproduce: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m ruff check reproduce tests
 	$(PY) -m pytest -q tests
+
+# JupyterLab is a second install: jupyterlab-server needs requests>=2.31, which torchattacks' metadata
+# (requests~=2.25.1; it never imports requests) forbids in one resolve. pip warns about it; both work.
+$(VENV)/.lab: $(VENV)/.installed
+	$(PY) -m pip install -q "jupyterlab>=4"
+	touch $@
+
+lab: $(VENV)/.lab
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
 
 bench: $(VENV)/.installed
 	$(PY) -m reproduce bench

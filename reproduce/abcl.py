@@ -69,7 +69,7 @@ def feature_norm(dataset, profile, store, out_dir, scale: float = 4.0, n_points:
     variants = {"free norm (scale = ||f||)": None, f"fixed norm (scale s = {scale:g})": scale}
     train_limit = get_profile(profile).train_limit
     exps = {name: plane_experiment("CosFace", profile, dataset, train_limit, s=s) for name, s in variants.items()}
-    runs = train_all(list(exps.values()), store, device=device, data_root=data_root, progress=False)
+    runs = train_all(list(exps.values()), store, device=device, data_root=data_root)
     data = load_dataset(dataset, data_root)
     panels, marks, rows = {}, {}, []
     for name, exp in exps.items():
@@ -210,7 +210,7 @@ def claims(grid_b: pd.DataFrame, sweep_c: pd.DataFrame, n_images: int | None = N
 
 
 def _evaluate_grid(exps: dict, prof, store, device, data_root, dataset, key_names) -> pd.DataFrame:
-    runs = train_all(list(exps.values()), store, device=device, data_root=data_root, progress=False)
+    runs = train_all(list(exps.values()), store, device=device, data_root=data_root)
     data = load_dataset(dataset, data_root)
     x, y = data.x_test[:prof.test_limit], data.y_test[:prof.test_limit]
     specs = [s for s in (c.spec(prof) for c in APPENDIX_COLUMNS) if s is not None]
@@ -221,7 +221,7 @@ def _evaluate_grid(exps: dict, prof, store, device, data_root, dataset, key_name
         if run.model is None:
             row.update({c: np.nan for c in COLUMNS}, status="diverged")
         else:
-            row.update(evaluate_columns(exp, run.model, x, y, specs, store, progress=False), status="finished")
+            row.update(evaluate_columns(exp, run.model, x, y, specs, store), status="finished")
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -232,7 +232,7 @@ def tsne_grid(dataset, profile, store, out_dir, n_points: int = 1000, device=Non
     prof = get_profile(profile)
     rows = {"SCE": "SM", "CosFace": "CosFace", "HT-SCE+AB": "HT-SCE+AB"}
     exps = {name: small_cnn_experiment(loss, prof, dataset, 10) for name, loss in rows.items()}
-    runs = train_all(list(exps.values()), store, device=device, data_root=data_root, progress=False)
+    runs = train_all(list(exps.values()), store, device=device, data_root=data_root)
     data = load_dataset(dataset, data_root)
     train_xy = _sample(data.x_train, data.y_train, n_points)
     test_xy = _sample(data.x_test, data.y_test, n_points)

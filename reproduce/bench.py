@@ -285,6 +285,10 @@ def format_results(results: dict) -> str:
 
 # --------------------------------------------------------------- planning a profile's compute
 
+# The notebook that trains a group's models (Table I's are evaluated in 03; its rows say so).
+NOTEBOOK_OF_GROUP = {"Table I": "02", "surrogates": "02", "Tables II-III": "04", "Table IV": "05", "appendix": "06"}
+
+
 def plan(profile_name: str, dataset: str = "cifar10", rates: dict | None = None) -> tuple[list[dict], float | None]:
     """Every experiment and evaluation the profile runs, with its cost in image passes and, given measured
     rates, in device seconds.
@@ -331,10 +335,9 @@ def plan(profile_name: str, dataset: str = "cifar10", rates: dict | None = None)
                          "passes": passes})
     for e in table1_experiments(prof, dataset):
         rows.append({"what": f"evaluate {e.label} (Table I + eps curve)", "group": "Table I",
-                     "passes": n_test * eval_passes})
-    # black box: every 20PGD restart is crafted in full on the surrogate (Table III's scoring)
+                     "notebook": "03", "passes": n_test * eval_passes})
     rows.append({"what": "robustness against PGD iterations, 4 models", "group": "Table I",
-                 "passes": prof.seeds * 4 * n_test * sum(ITERATION_SWEEP)})
+                 "notebook": "03", "passes": prof.seeds * 4 * n_test * sum(ITERATION_SWEEP)})
     # black box: every 20PGD restart is crafted in full on the surrogate (Table III's scoring)
     crafting = sum(spec.steps * spec.restarts for spec in (TABLE2.attack.spec(prof), TABLE3.attack.spec(prof)))
     rows.append({"what": "black-box crafting, 5 surrogates x (FGSM + 20PGD)", "group": "Tables II-III",
@@ -346,5 +349,6 @@ def plan(profile_name: str, dataset: str = "cifar10", rates: dict | None = None)
     rows.append({"what": f"appendix B/C: {appendix} UM models + evaluation", "group": "appendix",
                  "passes": appendix * (min(n_train, prof.train_limit or n_train) * prof.epochs + n_test * per_cell)})
     for r in rows:
+        r.setdefault("notebook", NOTEBOOK_OF_GROUP[r["group"]])
         r["seconds"] = r["passes"] / rate if rate else None
     return rows, (sum(r["seconds"] for r in rows) if rate else None)

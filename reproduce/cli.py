@@ -97,7 +97,7 @@ def cmd_run(args) -> int:
 
     return run_notebooks(args.profile_arg, args.dataset, device=args.device, runs_dir=args.runs or "runs",
                          data_dir=args.data or "data", figures_dir=args.figures, only=args.only,
-                         objectives=args.objectives)
+                         objectives=args.objectives, quiet=args.quiet)
 
 
 def cmd_bench(args) -> int:
@@ -123,6 +123,11 @@ def cmd_plan(args) -> int:
         cost = f"{r['seconds'] / 60:8.1f} min" if total is not None else f"{r['passes'] / 1e6:8.2f} M"
         print(f"{cost}  {r['group']:13s} {r['what']}")
     passes = sum(r["passes"] for r in rows)
+    by_notebook = {}
+    for r in rows:
+        by_notebook[r["notebook"]] = by_notebook.get(r["notebook"], 0) + (r["seconds"] if total else r["passes"])
+    print("per notebook: " + ", ".join(f"{nb} {v / 60:.1f} min" if total else f"{nb} {v / 1e6:.2f} M"
+                                       for nb, v in sorted(by_notebook.items())) + " (01, small CNNs, not counted)")
     print(f"{passes / 1e6:8.2f} M    image passes (forward + backward of one image) for profile {args.profile} on "
           f"{args.dataset}; to finish in {args.hours:g} h a device must sustain "
           f"{passes / (args.hours * 3600):,.0f} image passes per second")
@@ -132,6 +137,15 @@ def cmd_plan(args) -> int:
     else:
         print(f"{total / 3600:8.2f} h    estimated device time at {rates['um_epoch_img_s']:,.0f} image passes per "
               f"second ({rates.get('device', 'device')}, from {args.bench})")
+    return 0
+
+
+def cmd_set_repository(args) -> int:
+    from .colab import set_repository
+    from .runner import REPO
+
+    for path in set_repository(args.url, REPO):
+        print(f"wrote {path.relative_to(REPO)}")
     return 0
 
 
@@ -184,6 +198,10 @@ def main(argv=None) -> int:
     p.add_argument("--bench", default=None, help="JSON written by `bench --json` on the target device")
     p.add_argument("--hours", type=float, default=3.0, help="the budget to compare with (default 3)")
     p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("set-repository", help="the repository's URL, for the Colab cells, badges and install line")
+    p.add_argument("url", help="e.g. https://github.com/you/repo")
+    p.set_defaults(func=cmd_set_repository, profile=None)
 
     args = parser.parse_args(argv)
     args.profile_arg = args.profile  # `run` explains its own default

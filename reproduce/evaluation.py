@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import asdict, replace
 
 import torch
@@ -123,11 +124,15 @@ def evaluate_columns(experiment, model, images, labels, specs, store: RunStore |
                 cached = read_cache(path)  # computed by the process we waited for
                 if cached is None:
                     torch.manual_seed(int(hashlib.sha256(f"{experiment.key}/{column}".encode()).hexdigest()[:8], 16))
+                    start = time.perf_counter()
                     cached = {"label": experiment.label, "key": experiment.key, "column": column,
                               "spec": None if spec is None else asdict(spec),
                               "accuracy": robust_accuracy(model, images, labels, spec, progress=progress,
                                                           desc=f"{experiment.label} {column}")}
                     write_checked_json(path, cached)
+                    if progress:
+                        print(f"{experiment.label} {column}: {cached['accuracy']:.2f}% on {len(labels)} images "
+                              f"({time.perf_counter() - start:.0f} s)", flush=True)
             finally:
                 claim.release()
         row[column] = cached["accuracy"]

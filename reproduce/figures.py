@@ -1,4 +1,5 @@
-"""Figures: one plotting style, t-SNE of embeddings, heatmaps, training curves.
+"""Figures: one plotting style, t-SNE of embeddings, and seaborn for the statistical ones (heatmaps,
+curves with interval bands, training curves faceted by defence).
 
 Every function takes what to draw and a path, writes a PNG and returns the matplotlib figure.
 Figures from the smoke profile carry a stamp saying so.
@@ -12,6 +13,8 @@ import matplotlib
 matplotlib.use("Agg") if matplotlib.get_backend().lower() == "agg" else None
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
 import torch  # noqa: E402
 
 from .attacks import AttackSpec, attack  # noqa: E402
@@ -95,92 +98,78 @@ def scatter_panels(panels: dict, class_names, path=None, ncols: int | None = Non
 
 def heatmap(df, path=None, title: str = "", xlabel: str = "", ylabel: str = "", cbar_label: str = "accuracy (%)",
             profile: str | None = None, ax=None, vmin=None, vmax=None):
-    """Annotated heatmap of a DataFrame; missing cells are shown as '-' on grey."""
+    """Annotated heatmap of a DataFrame (seaborn); missing cells are shown as '-' on grey."""
     own = ax is None
     if own:
         fig, ax = plt.subplots(figsize=(1.1 * len(df.columns) + 2.2, 0.55 * len(df) + 1.6))
     else:
         fig = ax.figure
-    values = df.to_numpy(dtype=float)
-    masked = np.ma.masked_invalid(values)
-    cmap = plt.get_cmap("viridis").copy()
-    cmap.set_bad("lightgrey")
-    im = ax.imshow(masked, cmap=cmap, aspect="auto", vmin=vmin, vmax=vmax)
-    ax.set_xticks(range(len(df.columns)), [str(c) for c in df.columns])
-    ax.set_yticks(range(len(df.index)), [str(i) for i in df.index])
-    for i in range(values.shape[0]):
-        for j in range(values.shape[1]):
-            v = values[i, j]
-            text = "-" if np.isnan(v) else f"{v:.1f}"
-            colour = "black" if np.isnan(v) or im.norm(v) > 0.6 else "white"
-            ax.text(j, i, text, ha="center", va="center", color=colour, fontsize=8)
+    values = df.astype(float)
+    sns.heatmap(values, ax=ax, mask=values.isna(), annot=True, fmt=".1f", annot_kws={"fontsize": 8},
+                cmap="viridis", vmin=vmin, vmax=vmax, cbar_kws={"label": cbar_label, "shrink": 0.85})
+    ax.set_facecolor("lightgrey")
+    for i, j in zip(*np.nonzero(values.isna().to_numpy())):
+        ax.text(j + 0.5, i + 0.5, "-", ha="center", va="center", fontsize=8)
     ax.set_xlabel(xlabel), ax.set_ylabel(ylabel), ax.set_title(title)
-    fig.colorbar(im, ax=ax, label=cbar_label, shrink=0.85)
+    ax.tick_params(axis="y", rotation=0)
     if own:
         fig.tight_layout()
         stamp(fig, profile)
     return save(fig, path) if own else fig
 
 
-def _mean_and_sd(runs: list, key: str):
-    """Epochs and, per epoch, the mean and standard deviation of `key` over the runs that reached it."""
-    epochs = sorted({r["epoch"] for records in runs for r in records})
-    values = [[r.get(key, np.nan) for records in runs for r in records if r["epoch"] == e] for e in epochs]
-    mean = np.array([np.nanmean(v) for v in values])
-    sd = np.array([np.nanstd(v) if len(v) > 1 else 0.0 for v in values])
-    return np.array(epochs), mean, sd
-
-
 def training_curves(metrics: dict, path=None, profile: str | None = None):
-    """Validation accuracy and training loss per epoch for each model: {label: [metric records of one
-    seed, ...]}; with several seeds a line is their mean and the band one standard deviation."""
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4.2))
-    styles = {"UM": "-", "AT": "--", "ALP": ":"}
-    for i, (label, runs) in enumerate(metrics.items()):
-        runs = [records for records in runs if records]
-        if not runs:
-            continue
-        colour = CLASS_COLORS(i // 3 % 10)
-        ls = styles.get(label.split("-")[-1], "-")
-        for ax, key in ((ax_loss, "train_loss"), (ax_acc, "val_acc")):
-            epochs, mean, sd = _mean_and_sd(runs, key)
-            ax.plot(epochs, mean, ls, color=colour, label=label + (f" ({len(runs)} seeds)" if len(runs) > 1 else ""))
-            if len(runs) > 1:
-                ax.fill_between(epochs, mean - sd, mean + sd, color=colour, alpha=0.15, linewidth=0)
-    ax_loss.set(xlabel="epoch", ylabel="training objective", title="Training loss (adversarial batch for AT/ALP)")
-    ax_acc.set(xlabel="epoch", ylabel="clean validation accuracy (%)", title="Validation accuracy")
-    ax_loss.set_yscale("log")
-    handles, labels = ax_acc.get_legend_handles_labels()
-    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=8)
-    fig.tight_layout()
-    stamp(fig, profile)
-    return save(fig, path)
+    """Training objective and validation accuracy per epoch, a column per defence and a line per loss:
+    {"<loss>-<defence>": [metric records of one seed, ...]}. With several seeds a line is their mean and
+    the band one standard deviation (seaborn computes both from the seeds' values)."""
+    rows = [{"loss": label.rsplit("-", 1)[0], "defence": label.rsplit("-", 1)[-1], "seed": seed,
+             "epoch": r["epoch"], "training objective": r.get("train_loss", np.nan),
+             "clean validation accuracy (%)": r.get("val_acc", np.nan)}
+            for label, runs in metrics.items() for seed, records in enumerate(runs) for r in records]
+    long = pd.DataFrame(rows).melt(id_vars=["loss", "defence", "seed", "epoch"], var_name="metric")
+    with sns.axes_style("whitegrid"):
+        grid = sns.relplot(long, x="epoch", y="value", hue="loss", row="metric", col="defence", kind="line",
+                           errorbar="sd", marker="o", markersize=4, height=2.8, aspect=1.25,
+                           facet_kws={"sharey": "row", "margin_titles": True})
+    grid.set_titles(col_template="{col_name}", row_template="")
+    for (metric, _), ax in grid.axes_dict.items():
+        ax.set_ylabel(metric)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        if metric == "training objective":
+            ax.set_yscale("log")
+    grid.figure.suptitle("Training (AT / ALP: the objective on the adversarial batch)", y=1.02)
+    stamp(grid.figure, profile)
+    return save(grid.figure, path)
+
+
+def _line_with_band(x, *, data, color=None, label=None, **_):
+    """One curve of a FacetGrid, with the interval band we computed (Wilson) when the data carries it."""
+    data = data.sort_values(x)
+    ax = plt.gca()
+    ax.plot(data[x], data["accuracy"], marker="o", markersize=3, color=color, label=label)
+    if "ci_low" in data:
+        ax.fill_between(data[x], data["ci_low"], data["ci_high"], color=color, alpha=0.15, linewidth=0)
 
 
 def curve_panels(df, x: str, panel: str, hue: str, path=None, x_label: str = "", title: str = "",
                  profile: str | None = None, log_x: bool = False):
     """Accuracy against a swept value from a long table (columns x, panel, hue, accuracy and, for a
-    band, ci_low and ci_high): a panel per value of `panel`, a line per value of `hue`."""
-    panels = list(dict.fromkeys(df[panel]))
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels) + 0.4, 3.4), sharey=True, squeeze=False)
-    for ax, name in zip(axes[0], panels):
-        for i, (label, part) in enumerate(df[df[panel] == name].groupby(hue, sort=False)):
-            part = part.sort_values(x)
-            colour = CLASS_COLORS(i % 10)
-            ax.plot(part[x], part["accuracy"], marker="o", markersize=3, color=colour, label=str(label))
-            if "ci_low" in part:
-                ax.fill_between(part[x], part["ci_low"], part["ci_high"], color=colour, alpha=0.15, linewidth=0)
-        ax.set(xlabel=x_label or x, title=str(name), ylim=(0, 100))
-        if log_x:  # log axis, ticks at the swept values written out
+    band, ci_low and ci_high): a panel per value of `panel`, a line per value of `hue`. The bands are
+    the intervals in the table (seaborn's own would be bootstrapped from raw observations)."""
+    df = df.assign(**{hue: df[hue].astype(str), panel: df[panel].astype(str)})
+    with sns.axes_style("whitegrid"):
+        grid = sns.FacetGrid(df, col=panel, hue=hue, height=3.3, aspect=1.05, ylim=(0, 100),
+                             col_order=list(dict.fromkeys(df[panel])), hue_order=list(dict.fromkeys(df[hue])))
+        grid.map_dataframe(_line_with_band, x)
+    grid.set_titles("{col_name}")
+    grid.set_axis_labels(x_label or x, "accuracy (%)")
+    if log_x:  # log axis, ticks at the swept values written out
+        ticks = sorted(set(df[x]))
+        for ax in grid.axes.flat:
             ax.set_xscale("log")
-            ticks = sorted(set(df[x]))
             ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
             ax.minorticks_off()
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("accuracy (%)")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), bbox_to_anchor=(0.5, -0.08), frameon=False)
-    fig.suptitle(title, y=1.06)  # above the smoke stamp of narrow figures
-    fig.tight_layout()
-    stamp(fig, profile)
-    return save(fig, path)
+    grid.add_legend(title=hue, loc="lower center", ncol=df[hue].nunique(), bbox_to_anchor=(0.5, -0.1))
+    grid.figure.suptitle(title, y=1.06)  # above the smoke stamp of narrow figures
+    stamp(grid.figure, profile)
+    return save(grid.figure, path)

@@ -6,49 +6,50 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-
-
-class BasicBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+from torchvision.models.resnet import BasicBlock, conv1x1
 
 
 class ResNet18(nn.Module):
-    """torchvision's ResNet-18 layout with a 3x3 stride-1 stem, for 32x32 (or 28x28) images.
+    """torchvision's ResNet-18 (its BasicBlock, layer names and initialisation) with a 3x3 stride-1 stem,
+    for 32x32 (or 28x28) images, as the authors built it.
 
     `width` is the base channel count (64 in the paper; the embedding has 8 * width dimensions).
+    torchvision's own ResNet class fixes the width at 64, and the thin smoke profile needs 16, so the
+    four layers are assembled here from torchvision's blocks; at width 64 the state dict is torchvision's
+    and loads into `torchvision.models.resnet18` with the same stem (tested).
     `max_pool` keeps the 3x3/2 max-pool after the stem, as the authors' code does.
     """
 
     def __init__(self, in_channels: int = 3, width: int = 64, max_pool: bool = True):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width),
-                                  nn.ReLU(inplace=True))
-        self.pool = nn.MaxPool2d(3, 2, 1) if max_pool else nn.Identity()
-        layers, cin = [], width
-        for i, cout in enumerate([width, 2 * width, 4 * width, 8 * width]):
-            stride = 1 if i == 0 else 2
-            layers += [BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)]
+        self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1) if max_pool else nn.Identity()
+        cin = width
+        for i, cout in enumerate([width, 2 * width, 4 * width, 8 * width], 1):
+            stride = 1 if i == 1 else 2
+            downsample = None
+            if stride != 1 or cin != cout:
+                downsample = nn.Sequential(conv1x1(cin, cout, stride), nn.BatchNorm2d(cout))
+            setattr(self, f"layer{i}", nn.Sequential(BasicBlock(cin, cout, stride, downsample), BasicBlock(cout, cout)))
             cin = cout
-        self.layers = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.embedding_dim = 8 * width
+        for m in self.modules():  # torchvision's initialisation
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def feature_map(self, x):
+        """The output of layer4 (before pooling)."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
     def forward(self, x):
-        x = self.layers(self.pool(self.stem(x)))
-        return F.adaptive_avg_pool2d(x, 1).flatten(1)  # post-ReLU average-pooled features
+        return self.avgpool(self.feature_map(x)).flatten(1)  # post-ReLU average-pooled features
 
 
 class SmallCNN(nn.Module):

@@ -137,7 +137,7 @@ def fig_losses_2d(dataset: str, profile, store: RunStore, out_dir: Path, losses,
     """Train the small CNN with a 2-d embedding under each loss and plot the test embeddings; each panel
     names the settings that differ from the loss's defaults."""
     exps = [plane_experiment(loss, profile, dataset, train_limit, epochs) for loss in losses]
-    runs = train_all(exps, store, device=device, data_root=data_root, progress=False)
+    runs = train_all(exps, store, device=device, data_root=data_root)
     data = load_dataset(dataset, data_root)
     x, y = _subsample(data, n_points)
     panels, accuracy = {}, {}
@@ -167,7 +167,7 @@ def _with_intervals(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 
 
 def robustness_curves(profile, dataset: str, data, store: RunStore, out_dir: Path, device=None,
-                      objectives: str = "authors", progress: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+                      objectives: str = "authors", progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Accuracy against eps for every Table I model (PGD-7 scaled to eps: the sanity check's curve), and
     against the number of PGD steps at eps 8/255 for the UM and AT models of SM and AAML. Writes
     curve_eps.csv / .png and curve_iterations.csv / .png; returns the two tables."""

@@ -5,10 +5,11 @@ trains or evaluates is cached in the run store, so a second run continues where 
 """
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
-from .config import OBJECTIVES, get_profile
+from .config import OBJECTIVES, default_profile_name, get_profile
 from .data import DatasetMissing, check_dataset
 from .report import git_commit, now, output_dir, update_manifest
 from .training import resolve_device
@@ -19,27 +20,46 @@ NOTEBOOKS = ("01_losses.ipynb", "02_training.ipynb", "03_white_box.ipynb", "04_b
 
 
 def choose_profile(profile: str | None) -> str:
-    """The profile asked for; else quick on a CUDA machine and smoke elsewhere, saying why."""
+    """The profile asked for; else colab in Colab, quick on another CUDA machine and smoke elsewhere,
+    saying why."""
     import os
-
-    import torch
 
     profile = profile or os.environ.get("PROFILE")
     if profile:
         get_profile(profile)  # unknown names fail here, before any work
         return profile
-    chosen = "quick" if torch.cuda.is_available() else "smoke"
-    why = "CUDA is available" if chosen == "quick" else "no CUDA device was found"
-    print(f"profile: {chosen} ({why}; set PROFILE=smoke|quick|paper to choose)")
+    chosen = default_profile_name()
+    why = {"smoke": "no CUDA device was found", "colab": "a Colab GPU", "quick": "CUDA is available"}[chosen]
+    print(f"profile: {chosen} ({why}; set PROFILE=smoke|colab|quick|paper to choose)")
     return chosen
+
+
+class NotebookLog:
+    """A file-like stream for papermill: each line a notebook prints (the model it trains, each epoch,
+    each attack column it computes) reaches the terminal as it comes, tagged with the notebook."""
+
+    def __init__(self, tag: str, stream=None):
+        self.tag, self.stream, self.pending = tag, stream or sys.stdout, ""
+
+    def write(self, text: str) -> None:
+        lines = (self.pending + text.replace("\r", "\n")).split("\n")
+        self.pending = lines.pop()
+        for line in lines:
+            if line.strip():
+                self.stream.write(f"  [{self.tag}] {line}\n")
+        self.stream.flush()
+
+    def flush(self) -> None:
+        pass
 
 
 def run_notebooks(profile: str | None = None, dataset: str = "cifar10", *, device: str | None = None,
                   runs_dir: str | Path = "runs", data_dir: str | Path = "data", figures_dir: str | Path = "figures",
                   notebooks_dir: str | Path | None = None, only: list[str] | None = None,
-                  profile_overrides: dict | None = None, objectives: str = "authors") -> int:
+                  profile_overrides: dict | None = None, objectives: str = "authors", quiet: bool = False) -> int:
     """Run the notebooks; `profile_overrides` changes budgets of the profile (e.g. {"epochs": 1});
-    `objectives` chooses the AT / ALP objectives ("authors", the default, or "paper")."""
+    `objectives` chooses the AT / ALP objectives ("authors", the default, or "paper"). Unless `quiet`,
+    what each notebook prints is shown as it runs."""
     import papermill
 
     profile = choose_profile(profile)
@@ -78,7 +98,8 @@ def run_notebooks(profile: str | None = None, dataset: str = "cifar10", *, devic
         print(f"[{i}/{len(names)}] {name} ...", flush=True)
         try:
             papermill.execute_notebook(str(notebooks_dir / name), str(executed_dir / name), parameters=params,
-                                       kernel_name="python3", progress_bar=False, cwd=str(notebooks_dir))
+                                       kernel_name="python3", progress_bar=False, cwd=str(notebooks_dir),
+                                       stdout_file=None if quiet else NotebookLog(name.split("_")[0]))
         except papermill.PapermillExecutionError as e:
             print(f"FAILED: {name}, cell {e.exec_count or e.cell_index}: {e.ename}: {e.evalue}\n"
                   f"The executed notebook, with the traceback, is {executed_dir / name}. "

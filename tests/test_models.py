@@ -16,18 +16,45 @@ def test_max_pool_option_halves_layer4():
     sizes = {}
     for pool in (True, False):
         net = ResNet18(3, width=8, max_pool=pool)
-        sizes[pool] = net.layers(net.pool(net.stem(x))).shape[-1]
+        sizes[pool] = net.feature_map(x).shape[-1]
     assert sizes == {True: 2, False: 4}
 
 
-def test_resnet_full_width_matches_torchvision_parameter_count():
+def resnet18_parameter_count(c: int, w: int) -> int:
+    """ResNet-18's parameters counted by hand: 3x3 convolutions, batch-norm pairs, 1x1 projections."""
+    conv, bn = (lambda i, o, k=3: i * o * k * k), (lambda o: 2 * o)
+    total = conv(c, w) + bn(w)  # the 3x3 stem
+    cin = w
+    for cout in (w, 2 * w, 4 * w, 8 * w):
+        for _ in range(2):
+            total += conv(cin, cout) + bn(cout) + conv(cout, cout) + bn(cout)
+            if cin != cout:
+                total += conv(cin, cout, 1) + bn(cout)
+            cin = cout
+    return total
+
+
+@pytest.mark.parametrize("width", [4, 16, 64])
+def test_resnet_parameter_count_matches_a_count_by_hand(width):
+    assert sum(p.numel() for p in ResNet18(3, width).parameters()) == resnet18_parameter_count(3, width)
+
+
+def test_resnet_full_width_is_torchvision_resnet18_with_a_3x3_stem():
+    import torch.nn as nn
     import torchvision
 
-    ours = sum(p.numel() for p in ResNet18(3, 64, max_pool=True).parameters())
+    ours = ResNet18(3, 64).eval()
     tv = torchvision.models.resnet18(num_classes=10)
-    # torchvision's stem is 7x7x3x64; ours is 3x3; its fc head (512*10+10) belongs to our loss.
-    tv_count = sum(p.numel() for p in tv.parameters()) - 7 * 7 * 3 * 64 + 3 * 3 * 3 * 64 - (512 * 10 + 10)
-    assert ours == tv_count
+    tv.conv1, tv.fc = nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.Identity()
+    assert {k: v.shape for k, v in tv.state_dict().items()} == {k: v.shape for k, v in ours.state_dict().items()}
+    tv.load_state_dict(ours.state_dict())
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.allclose(tv.eval()(x), ours(x), atol=1e-5)
+    # the same initialisation: Kaiming-normal (fan out) convolutions, so equal spreads per layer
+    tv_fresh = torchvision.models.resnet18()
+    for name in ("layer1.0.conv1.weight", "layer3.1.conv2.weight", "layer4.0.downsample.0.weight"):
+        theirs, mine = tv_fresh.state_dict()[name].std(), ours.state_dict()[name].std()
+        assert abs(mine / theirs - 1) < 0.05, name
 
 
 def test_embedding_is_post_relu():

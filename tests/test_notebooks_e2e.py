@@ -20,7 +20,7 @@ FIGURES = ["fig1_tsne_sm_vs_aaml.png", "fig2_tsne_airplane_fgsm.png", "fig_table
 
 
 @pytest.mark.slow
-def test_every_notebook_runs_and_writes_every_output(tmp_path):
+def test_every_notebook_runs_and_writes_every_output(tmp_path, capsys):
     data = tmp_path / "data"
     write_cifar10(data, n_train=300, n_test=100)
     write_idx(data, "MNIST", n_train=300, n_test=100)
@@ -28,6 +28,12 @@ def test_every_notebook_runs_and_writes_every_output(tmp_path):
                        figures_dir=tmp_path / "figures", profile_overrides=TINY)
     assert rc == 0
     out = tmp_path / "figures" / "cifar10-smoke"
+    # the terminal showed, as they ran, which notebook, model and attack column was at work
+    printed = capsys.readouterr().out
+    assert "  [02] [1/20] SM-UM" in printed and "  [02] SM-UM epoch 1:" in printed
+    assert "  [03] SM-UM pgd20:" in printed and "  [06] " in printed and "  [01] " in printed
+    for name in ("table1", "tables2_3", "table4"):
+        assert "**Do the paper's claims hold on this run?**" in (out / f"claims_{name}.md").read_text()
     shapes = {"table1_white_box": (15, 8), "table2_black_box_fgsm": (15, 5), "table3_black_box_20pgd": (15, 5),
               "table4_aaml_sweep": (5, 4)}
     for stem in EXPECTED:

@@ -1,0 +1,105 @@
+"""The notebooks' first cell in Colab: one URL for all, loud failures, and the package importable in the
+same kernel. Run in a real kernel with a stand-in `google.colab` module and a local clone URL."""
+import shutil
+import subprocess
+
+import nbformat
+import pytest
+from jupyter_client.manager import start_new_kernel
+
+from reproduce.colab import PLACEHOLDER, first_cell, repository_url, set_repository
+from reproduce.runner import NOTEBOOKS, REPO
+
+
+def test_every_notebook_carries_the_one_repository_url_and_asks_for_a_gpu():
+    url = repository_url(REPO)
+    for name in NOTEBOOKS:
+        nb = nbformat.read(REPO / "notebooks" / name, as_version=4)
+        assert nb.cells[1].source == first_cell(url), name
+        assert nb.metadata["accelerator"] == "GPU" and nb.metadata["colab"]["gpuType"] == "T4", name
+    readme = (REPO / "README.md").read_text()
+    assert f"pip install git+{url}" in readme
+
+
+def test_set_repository_rewrites_every_place(tmp_path):
+    for part in ("notebooks", "README.md", "pyproject.toml", "CITATION.cff"):
+        (shutil.copytree if part == "notebooks" else shutil.copy)(REPO / part, tmp_path / part)
+    with pytest.raises(ValueError, match="not a Git URL"):
+        set_repository("my repo", tmp_path)
+    set_repository("https://github.com/someone/discriminative-robustness.git", tmp_path)
+    url = "https://github.com/someone/discriminative-robustness"
+    assert repository_url(tmp_path) == url
+    for name in NOTEBOOKS:
+        nb = nbformat.read(tmp_path / "notebooks" / name, as_version=4)
+        assert nb.cells[1].source == first_cell(url)
+    readme = (tmp_path / "README.md").read_text()
+    assert "github.com/OWNER/REPO" not in readme and f"pip install git+{url}" in readme
+    assert "colab.research.google.com/github/someone/discriminative-robustness/blob/main/notebooks/01" in readme
+    assert f'repository-code: "{url}"' in (tmp_path / "CITATION.cff").read_text()
+
+
+class Kernel:
+    """A real IPython kernel started in `cwd`; run(code) returns (status, text printed, error)."""
+
+    def __init__(self, cwd):
+        self.km, self.kc = start_new_kernel(kernel_name="python3", cwd=str(cwd))
+
+    def run(self, code: str, timeout: float = 300):
+        out, error = [], []
+
+        def hook(msg):
+            if msg["msg_type"] == "stream":
+                out.append(msg["content"]["text"])
+            elif msg["msg_type"] == "error":
+                error.append(f"{msg['content']['ename']}: {msg['content']['evalue']}")
+
+        reply = self.kc.execute_interactive(code, timeout=timeout, output_hook=hook)
+        return reply["content"]["status"], "".join(out), "".join(error)
+
+    def stop(self):
+        self.kc.stop_channels()
+        self.km.shutdown_kernel(now=True)
+
+
+FAKE_COLAB = "import sys, types; sys.modules['google.colab'] = types.ModuleType('google.colab')"
+
+
+@pytest.fixture
+def colab_kernel(tmp_path):
+    kernel = Kernel(tmp_path)
+    assert kernel.run(FAKE_COLAB)[0] == "ok"
+    yield kernel
+    kernel.stop()
+
+
+def test_first_cell_clones_installs_and_imports_in_the_same_kernel(tmp_path, colab_kernel):
+    if subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True).returncode:
+        pytest.skip("the repository is not a git checkout")
+    status, _, error = colab_kernel.run(first_cell(str(REPO)))
+    assert status == "ok", error
+    status, out, error = colab_kernel.run("import os, reproduce; print(reproduce.__file__); print(os.getcwd())")
+    assert status == "ok", error
+    module, cwd = out.split()
+    clone = (tmp_path / "reproduction").resolve()
+    assert module == str(clone / "reproduce" / "__init__.py")  # the clone's package, not the one installed here
+    assert cwd == str(clone / "notebooks")
+    # run again (as a user re-running the cell): nothing is cloned twice
+    assert colab_kernel.run(first_cell(str(REPO)))[0] == "ok"
+    assert not (clone / "notebooks" / "reproduction").exists()
+
+
+def test_first_cell_fails_loudly(tmp_path, colab_kernel):
+    status, _, error = colab_kernel.run(first_cell(PLACEHOLDER))
+    assert status == "error" and "repository URL is unset" in error
+    status, _, error = colab_kernel.run(first_cell(str(tmp_path / "no-such-repository")))
+    assert status == "error" and "git clone" in error and "failed" in error
+
+
+def test_first_cell_does_nothing_outside_colab(tmp_path):
+    kernel = Kernel(tmp_path)
+    try:
+        assert kernel.run(first_cell(PLACEHOLDER))[0] == "ok"
+        assert not (tmp_path / "reproduction").exists()
+    finally:
+        kernel.stop()
+
