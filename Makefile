@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PROFILE ?=
 DATASET ?= cifar10
 
-.PHONY: reproduce test bench lab clean-venv
+.PHONY: reproduce results test bench lab gpu-bundle clean-venv
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,15 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 
 reproduce: $(VENV)/.installed
 	$(PY) -m reproduce run --dataset $(DATASET) $(if $(PROFILE),--profile $(PROFILE))
+
+# Publish a finished run's tables, figures, claims and manifest under results/ (what the README shows);
+# `make reproduce` itself never writes there.
+results:
+	$(if $(PROFILE),,$(error give the run to publish: make results PROFILE=smoke DATASET=fashion-mnist))
+	test -f figures/$(DATASET)-$(PROFILE)/manifest.json
+	rm -rf results/$(DATASET)-$(PROFILE)
+	mkdir -p results
+	cp -r figures/$(DATASET)-$(PROFILE) results/$(DATASET)-$(PROFILE)
 
 test: $(VENV)/.installed
 	$(PY) -m ruff check reproduce tests
@@ -33,6 +42,13 @@ lab: $(VENV)/.lab
 
 bench: $(VENV)/.installed
 	$(PY) -m reproduce bench
+
+# What the GPU machine lacks, for scripts/gpu_check.sh: the wheels (no package index there) and the
+# compressed Fashion-MNIST, in gpu/ (ignored by git; carried with the code).
+gpu-bundle: $(VENV)/.installed
+	$(PY) -m pip download -q --no-deps -d gpu/wheels -r scripts/gpu_requirements.txt
+	mkdir -p gpu/data/FashionMNIST/raw
+	cp /usr/share/datasets/fashion-mnist/*-ubyte.gz gpu/data/FashionMNIST/raw/
 
 clean-venv:
 	rm -rf $(VENV)

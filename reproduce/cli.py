@@ -3,6 +3,7 @@
   run     every notebook in order, headless (what `make reproduce` does)
   train   one experiment (prints where its run lives)
   grid    every experiment a table needs, skipping what the store has
+  table1  Table I for some or all of its models, from the terminal (trains them first with --train)
   bench   speed of each lever against a plain baseline, measured in the same run
   plan    every experiment and evaluation a profile runs, with estimated device time
 """
@@ -17,8 +18,8 @@ from .losses import LOSSES
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--profile", default=None, help="smoke | quick | paper (default: $PROFILE, else quick with "
-                                                   "CUDA and smoke without)")
+    p.add_argument("--profile", default=None, help="smoke | colab | quick | paper (default: $PROFILE, else "
+                                                   "colab in Colab, quick with CUDA and smoke without)")
     p.add_argument("--dataset", default="cifar10", choices=DATASETS)
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     p.add_argument("--runs", default=None, help="run store folder (default: $REPRODUCE_RUNS or ./runs)")
@@ -27,6 +28,18 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--objectives", default="authors", choices=OBJECTIVES,
                    help="AT / ALP objectives: as the authors' code computed the tables (default) or as the "
                         "paper's text describes them")
+
+
+def _budget_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--budget", action="append", metavar="FIELD=VALUE",
+                   help="a budget of the profile to change, e.g. --budget epochs=5 --budget test_limit=2000")
+
+
+def _profile(args):
+    """The profile asked for, with its --budget changes (checked by get_profile)."""
+    from .config import get_profile
+
+    return get_profile(args.profile, **_key_values(args.budget))
 
 
 def _parse_value(text: str):
@@ -77,7 +90,7 @@ def cmd_grid(args) -> int:
     from .store import RunStore
 
     store = RunStore(args.runs)
-    exps = experiments_for(args.table, args.profile, args.dataset, objectives=args.objectives)
+    exps = experiments_for(args.table, _profile(args), args.dataset, objectives=args.objectives)
     slurm = {k: v for k, v in dict(slurm_partition=args.slurm_partition, timeout_min=args.slurm_time,
                                    gpus_per_node=args.slurm_gpus).items() if v is not None}
     gpus = [int(g) for g in args.gpus.split(",")] if args.gpus else []
@@ -92,12 +105,42 @@ def cmd_grid(args) -> int:
     return 0
 
 
+def cmd_table1(args) -> int:
+    from pathlib import Path
+
+    from .data import load_dataset
+    from .grid import table1_experiments, train_all
+    from .store import RunStore
+    from .tables import table1, table1_notes, write_table
+
+    profile = _profile(args)
+    experiments = table1_experiments(profile, args.dataset, objectives=args.objectives)
+    labels = {e.label for e in experiments}
+    unknown = sorted(set(args.only or []) - labels)
+    if unknown:
+        raise SystemExit(f"error: no Table I model {unknown}; they are {sorted(labels)}")
+    chosen = [e for e in experiments if not args.only or e.label in args.only]
+    store = RunStore(args.runs)
+    if args.train:
+        train_all(chosen, store, device=args.device, data_root=args.data, progress=not args.quiet)
+    cells, flags = table1(profile, args.dataset, load_dataset(args.dataset, args.data), store, device=args.device,
+                          progress=not args.quiet, objectives=args.objectives)
+    shown = {e.label for e in chosen}
+    cells = cells[cells["row"].isin(shown)]
+    out = Path(args.out)
+    print(write_table(cells, "table1", out, args.dataset,
+                      notes=table1_notes({k: v for k, v in flags.items() if k in shown}, profile)))
+    print(f"written to {out}")
+    return 0
+
+
 def cmd_run(args) -> int:
     from .runner import run_notebooks
 
     return run_notebooks(args.profile_arg, args.dataset, device=args.device, runs_dir=args.runs or "runs",
                          data_dir=args.data or "data", figures_dir=args.figures, only=args.only,
-                         objectives=args.objectives, quiet=args.quiet)
+                         objectives=args.objectives, quiet=args.quiet,
+                         profile_overrides=_key_values(args.budget))
 
 
 def cmd_bench(args) -> int:
@@ -158,6 +201,7 @@ def main(argv=None) -> int:
     _common(p)
     p.add_argument("--figures", default="figures", help="where tables and figures go (default ./figures)")
     p.add_argument("--only", nargs="*", help="run only these notebooks (e.g. 03 04)")
+    _budget_option(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("train", help="train one experiment")
@@ -184,7 +228,16 @@ def main(argv=None) -> int:
     p.add_argument("--slurm-partition", default=None)
     p.add_argument("--slurm-time", type=int, default=None, help="minutes per array task")
     p.add_argument("--slurm-gpus", type=int, default=None, help="GPUs per array task")
+    _budget_option(p)
     p.set_defaults(func=cmd_grid)
+
+    p = sub.add_parser("table1", help="Table I for some or all of its models")
+    _common(p)
+    p.add_argument("--only", nargs="*", help="model labels, e.g. SM-UM AAML-AT (default: all 15)")
+    p.add_argument("--train", action="store_true", help="train the models the store does not have yet")
+    _budget_option(p)
+    p.add_argument("--out", default="figures/table1", help="where the table goes (default figures/table1)")
+    p.set_defaults(func=cmd_table1)
 
     p = sub.add_parser("bench", help="benchmarks of each speed lever")
     p.add_argument("--device", default=None)

@@ -12,6 +12,9 @@ import pytest
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
+# The device of the device-side tests (the loader's gathers, a training run, every attack against
+# torchattacks): the CPU here and in CI; scripts/gpu_check.sh sets REPRODUCE_TEST_DEVICE=cuda.
+DEVICE = os.environ.get("REPRODUCE_TEST_DEVICE", "cpu")
 needs_fashion = pytest.mark.skipif(not FASHION.is_dir(), reason="apt-get install dataset-fashion-mnist")
 
 
@@ -73,7 +76,7 @@ def cifar_root(tmp_path):
 @pytest.fixture(scope="session")
 def fashion():
     """Debian's Fashion-MNIST, loaded once for the whole session."""
-    if not FASHION.is_dir():
+    if not FASHION.is_dir() and "REPRODUCE_DATA" not in os.environ:
         pytest.skip("apt-get install dataset-fashion-mnist")
     from reproduce.data import load_dataset
 
@@ -88,4 +91,4 @@ def fashion_model(fashion, tmp_path_factory):
     from reproduce.training import train
 
     exp = make_experiment("SM", "UM", "smoke", "fashion-mnist", epochs=1)
-    return train(exp, RunStore(tmp_path_factory.mktemp("runs")), data=fashion, device="cpu", progress=False).model
+    return train(exp, RunStore(tmp_path_factory.mktemp("runs")), data=fashion, device=DEVICE, progress=False).model

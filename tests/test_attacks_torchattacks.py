@@ -2,6 +2,7 @@
 import pytest
 import torch
 import torchattacks
+from conftest import DEVICE
 
 from reproduce.attacks import EPS, STEP, AttackSpec, attack
 from reproduce.evaluation import robust_accuracy
@@ -11,7 +12,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def batch(fashion):
-    return fashion.x_test[:300].float() / 255, fashion.y_test[:300]
+    return (fashion.x_test[:300].float() / 255).to(DEVICE), fashion.y_test[:300].to(DEVICE)
 
 
 def _acc(model, x, y):

@@ -3,7 +3,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import needs_fashion, write_cifar10, write_idx
+from conftest import DEVICE, needs_fashion, write_cifar10, write_idx
 from torchvision.transforms import v2
 
 from reproduce.data import (
@@ -105,6 +105,10 @@ def test_crop_and_flip_paths_match_a_per_image_reference(dtype):
     assert torch.equal(crop_and_flip_gather(_padded(x), index, draws), expected)  # GPU path, run on the CPU
     # picking images by index from the padded set is the same as augmenting the picked batch
     assert torch.equal(augment_padded(_padded(x), index, torch.Generator().manual_seed(2)),
+                       augment(x[index], torch.Generator().manual_seed(2)))
+    # the same pixels on the training device (a GPU under scripts/gpu_check.sh)
+    assert torch.equal(crop_and_flip_gather(_padded(x).to(DEVICE), index, draws).cpu(), expected)
+    assert torch.equal(augment_padded(_padded(x).to(DEVICE), index, torch.Generator().manual_seed(2)).cpu(),
                        augment(x[index], torch.Generator().manual_seed(2)))
 
 
