@@ -72,3 +72,19 @@ def test_a_run_store_that_cannot_be_written_is_named(tmp_path):
     not_a_folder.write_text("a file where the store should be")
     with pytest.raises(StoreError, match=f"cannot write the run store {not_a_folder}"):
         train(make_experiment("SM", "UM", "smoke", "fashion-mnist"), RunStore(not_a_folder), device="cpu")
+
+
+def test_table1_command_refuses_an_unknown_model_or_budget_before_any_work(tmp_path, capsys):
+    runs = str(tmp_path / "runs")
+    with pytest.raises(SystemExit, match=r"no Table I model \['SM-XX'\]"):
+        main(["table1", "--profile", "smoke", "--only", "SM-XX", "--runs", runs])
+    assert main(["table1", "--profile", "smoke", "--budget", "epoch=3", "--runs", runs]) == 2
+    assert "unknown profile fields ['epoch']" in capsys.readouterr().err
+    assert main(["grid", "--table", "1", "--profile", "smoke", "--budget", "epochs=two", "--runs", runs]) == 2
+    assert "profile field epochs='two': expected int" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_set_repository_refuses_what_is_not_a_url(capsys):
+    assert main(["set-repository", "my repo"]) == 2
+    assert "not a Git URL" in capsys.readouterr().err
