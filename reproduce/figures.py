@@ -16,6 +16,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from .attacks import AttackSpec, attack  # noqa: E402
 from .data import DeviceLoader  # noqa: E402
@@ -134,7 +135,7 @@ def training_curves(metrics: dict, path=None, profile: str | None = None):
     grid.set_titles(col_template="{col_name}", row_template="")
     for (metric, _), ax in grid.axes_dict.items():
         ax.set_ylabel(metric)
-        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if metric == "training objective":
             ax.set_yscale("log")
     grid.figure.suptitle("Training (AT / ALP: the objective on the adversarial batch)", y=1.02)
