@@ -38,7 +38,7 @@ $(VENV)/.lab: $(VENV)/.installed
 	touch $@
 
 lab: $(VENV)/.lab
-	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)  # root: containers
 
 bench: $(VENV)/.installed
 	$(PY) -m reproduce bench

@@ -212,7 +212,7 @@ def claims(grid_b: pd.DataFrame, sweep_c: pd.DataFrame, n_images: int | None = N
 def _evaluate_grid(exps: dict, prof, store, device, data_root, dataset, key_names) -> pd.DataFrame:
     runs = train_all(list(exps.values()), store, device=device, data_root=data_root)
     data = load_dataset(dataset, data_root)
-    x, y = data.x_test[:prof.test_limit], data.y_test[:prof.test_limit]
+    x, y = data.test_images(prof.test_limit)
     specs = [s for s in (c.spec(prof) for c in APPENDIX_COLUMNS) if s is not None]
     rows = []
     for key, exp in exps.items():

@@ -202,11 +202,12 @@ def autoattack(model, x, y, spec: AttackSpec, start=None, stop_when_broken: bool
 ATTACKS = {"fgsm": fgsm, "bim": pgd, "pgd": pgd, "mim": mim, "autoattack": autoattack}
 
 
-def check_images(x: torch.Tensor) -> None:
-    """Attacks work on float images in [0, 1]; anything else is refused with the fix."""
+def check_images(x: torch.Tensor, check_range: bool = True) -> None:
+    """Attacks work on float images in [0, 1]; anything else is refused with the fix. The range check
+    reads two numbers back from the device, so training (whose batches the loader made) skips it."""
     if not torch.is_floating_point(x):
         raise ValueError(f"attack images must be float in [0, 1], got dtype {x.dtype}: convert with x.float() / 255")
-    if x.numel() and (float(x.min()) < 0 or float(x.max()) > 1):
+    if check_range and x.numel() and (float(x.min()) < 0 or float(x.max()) > 1):
         raise ValueError(f"attack images must lie in [0, 1] (got [{float(x.min()):.3g}, {float(x.max()):.3g}]): "
                          "attack the un-normalised images and normalise inside the model")
 
@@ -221,16 +222,17 @@ def _correct(model, x, y):
 
 
 def attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec, *,
-           train_mode: bool = False, stop_when_broken: bool = False) -> torch.Tensor:
+           train_mode: bool = False, stop_when_broken: bool = False, check_range: bool = True) -> torch.Tensor:
     """Adversarial images for a batch. With restarts > 1, each restart attacks only the examples
     that every earlier restart failed to break (the answer is the same as attacking all of them
     every time, for a fraction of the work). Each restart draws its random start for the whole
     batch, so an example gets the same start as in `attack_all_restarts`.
 
     `stop_when_broken` (evaluation only, never training) keeps each example's first misclassified
-    iterate and stops attacking it: accuracy can only fall, and broken examples cost nothing more."""
+    iterate and stops attacking it: accuracy can only fall, and broken examples cost nothing more.
+    `check_range=False` (training) skips the [0, 1] check and its host-device sync."""
     x, y = x.detach(), y.detach()  # eps = 0 runs the same code: the eps = 0 sanity check tests it
-    check_images(x)
+    check_images(x, check_range)
     with attack_mode(model, train_mode):
         x_adv = _single_run(model, x, y, spec, stop_when_broken=stop_when_broken)
         if spec.restarts == 1:

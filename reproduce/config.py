@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 import warnings
 from dataclasses import dataclass
 
@@ -59,8 +60,6 @@ PROFILES = {
 
 def default_profile_name() -> str:
     """PROFILE from the environment, else colab in Colab with a GPU, quick with CUDA and smoke without."""
-    import sys
-
     name = os.environ.get("PROFILE")
     if name:
         return name

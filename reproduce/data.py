@@ -59,6 +59,11 @@ class DataSplit:
         return DataSplit(self.name, self.x_train[:train], self.y_train[:train], self.x_val[:val], self.y_val[:val],
                          self.x_test[:test], self.y_test[:test], self.classes)
 
+    def test_images(self, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first `limit` test images and labels: every evaluation of a profile uses these, so the
+        caches of tables, curves and appendix grids agree."""
+        return self.x_test[:limit], self.y_test[:limit]
+
     @property
     def num_classes(self) -> int:
         return len(self.classes)

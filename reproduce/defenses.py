@@ -39,7 +39,7 @@ def defense_loss(model, x, y, defense: str, spec: AttackSpec | None = None, craf
     if objectives not in ("authors", "paper"):
         raise ValueError(f"unknown objectives {objectives!r}; choose authors or paper")
     x_adv = attack(model, x, y, spec or AttackSpec("pgd", steps=7, random_start=True),
-                   train_mode=craft_bn_mode == "train")
+                   train_mode=craft_bn_mode == "train", check_range=False)  # loader batches: no sync per step
     if objectives == "authors":
         loss, adv_pair, clean_pair, adv_logits = model.adversarial_objective(x, x_adv, y)
         if defense == "ALP":

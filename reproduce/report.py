@@ -172,7 +172,7 @@ def robustness_curves(profile, dataset: str, data, store: RunStore, out_dir: Pat
     against the number of PGD steps at eps 8/255 for the UM and AT models of SM and AAML. Writes
     curve_eps.csv / .png and curve_iterations.csv / .png; returns the two tables."""
     prof = get_profile(profile)
-    x, y = data.x_test[:prof.test_limit], data.y_test[:prof.test_limit]
+    x, y = data.test_images(prof.test_limit)
     iteration_specs = [AttackSpec("pgd", steps=k, label=f"pgd{k}") for k in ITERATION_SWEEP]
     eps_rows, step_rows = [], []
     for exp in table1_experiments(prof, dataset, objectives=objectives):

@@ -30,7 +30,6 @@ class StoreError(RuntimeError):
     """A file of the store is damaged or was edited; the message names it and what to do."""
 
 
-
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary file in the same folder, then rename: readers see old or new, never half."""
     path = Path(path)

@@ -130,10 +130,6 @@ def write_table(cells: pd.DataFrame, name: str, out_dir: Path, dataset: str, tit
     return md
 
 
-def _test_images(data, profile):
-    return data.x_test[:profile.test_limit], data.y_test[:profile.test_limit]
-
-
 def _seed_prefix(exp, profile) -> str:
     return f"seed {exp.seed}: " if profile.seeds > 1 else ""
 
@@ -145,7 +141,7 @@ def table1(profile_name, dataset: str, data, store: RunStore, device=None, progr
 
     Returns (cells, {label: flags}); `wide(cells)` is the table as the paper prints it."""
     profile = get_profile(profile_name)
-    x, y = _test_images(data, profile)
+    x, y = data.test_images(profile.test_limit)
     specs, columns = TABLE1.specs(profile), TABLE1.keys
     records, flags = [], {}
     for exp in table1_experiments(profile, dataset, objectives=objectives):
@@ -196,7 +192,7 @@ def black_box_table(profile_name, dataset: str, data, store: RunStore, spec: Att
     profile = get_profile(profile_name)
     if isinstance(spec, str):
         spec = TABLES[spec].attack.spec(profile)
-    x, y = _test_images(data, profile)
+    x, y = data.test_images(profile.test_limit)
     all_targets = table1_experiments(profile, dataset, objectives=objectives)
     all_surrogates = surrogate_experiments(profile, dataset)
     records = []
@@ -229,7 +225,7 @@ def table4(profile_name, dataset: str, data, store: RunStore, device=None, chanc
     """Table IV: PGD-7 accuracy of AAML-AT over margins (rows) and scales (columns), every seed; NaN ('-')
     where the run diverged or ended at chance accuracy (untrainable). Returns cells."""
     profile = get_profile(profile_name)
-    x, y = _test_images(data, profile)
+    x, y = data.test_images(profile.test_limit)
     spec = TABLE4.attack.spec(profile)
     records = []
     for exp in table4_experiments(profile, dataset, objectives=objectives):
