@@ -42,6 +42,7 @@ class AttackSpec:
     norm: str = "linf"  # linf | l2 (l2: FGSM only)
     label: str = ""
     version: str = "standard"  # autoattack only: standard | apgd
+    clip_start: bool = True  # PGD: clip the random start into [0, 1] (the authors' PGD did not)
 
     def __post_init__(self):
         if self.name not in ATTACKS:
@@ -97,11 +98,13 @@ def attack_mode(model: nn.Module, train_mode: bool = False):
         model.train(was_training)
 
 
-def input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, with_correct: bool = False):
+def input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, with_correct: bool = False,
+                   logits_of=None):
     """d CE / d x, without touching the parameters' .grad; optionally also which examples the model
-    still classifies correctly at x (from the same forward pass, at no extra cost)."""
+    still classifies correctly at x (from the same forward pass, at no extra cost). `logits_of(x, y)`
+    replaces model(x) as the logits whose CE is maximised (training: the margin logits)."""
     x = x.detach().requires_grad_(True)
-    logits = model(x).float()
+    logits = (model(x) if logits_of is None else logits_of(x, y)).float()
     (grad,) = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), x)
     return (grad, logits.detach().argmax(1) == y) if with_correct else grad
 
@@ -125,9 +128,12 @@ def _ascent_direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
     return grad / (grad.flatten(1).norm(dim=1).view(_per_example(grad)) + 1e-12)
 
 
-def fgsm(model, x, y, spec: AttackSpec, start=None, stop_when_broken: bool = False):
+def fgsm(model, x, y, spec: AttackSpec, start=None, stop_when_broken: bool = False, record=None, logits_of=None):
     """One step of size eps along the gradient's sign (L-inf) or its direction (L2)."""
-    return project(x + spec.eps * _ascent_direction(input_gradient(model, x, y), spec.norm), x, spec.eps, spec.norm)
+    grad, correct = input_gradient(model, x, y, with_correct=True, logits_of=logits_of)
+    if record is not None:
+        record |= ~correct
+    return project(x + spec.eps * _ascent_direction(grad, spec.norm), x, spec.eps, spec.norm)
 
 
 def random_start(x: torch.Tensor, spec: AttackSpec) -> torch.Tensor | None:
@@ -135,24 +141,36 @@ def random_start(x: torch.Tensor, spec: AttackSpec) -> torch.Tensor | None:
     return torch.empty_like(x).uniform_(-spec.eps, spec.eps) if spec.random_start else None
 
 
-def pgd(model, x, y, spec: AttackSpec, start: torch.Tensor | None = None, stop_when_broken: bool = False):
+def pgd(model, x, y, spec: AttackSpec, start: torch.Tensor | None = None, stop_when_broken: bool = False,
+        record=None, logits_of=None):
     """Iterated signed-gradient steps, projected every step; BIM is the same without random start.
-    `start` is the random start offset; drawn here when the spec asks for one and none is given."""
+    `start` is the random start offset; drawn here when the spec asks for one and none is given. The
+    start is clipped into [0, 1] unless `spec.clip_start` is False (then, as in the authors' PGD, the
+    first gradient is taken at x + start as drawn, and the first step clips)."""
     if start is None:
         start = random_start(x, spec)
-    x_adv = x.clone() if start is None else project(x + start, x, spec.eps, spec.norm)
-    return _iterate(model, x, y, x_adv, spec, stop_when_broken, lambda grad, _: grad)
+    if start is None:
+        x_adv = x.clone()
+    else:
+        x_adv = project(x + start, x, spec.eps, spec.norm) if spec.clip_start else x + start
+    return _iterate(model, x, y, x_adv, spec, stop_when_broken, lambda grad, _: grad, record, logits_of)
 
 
-def _iterate(model, x, y, x_adv, spec, stop_when_broken, direction):
+def _iterate(model, x, y, x_adv, spec, stop_when_broken, direction, record=None, logits_of=None):
     """The loop of the iterative attacks. `direction(grad, active)` turns the gradient of the active
     examples into the step direction (MIM keeps its momentum there). With `stop_when_broken`, an
     example leaves the loop at the first iterate the model gets wrong, which it keeps: the attack is
-    never weaker and spends no more work on it."""
+    never weaker and spends no more work on it. `record` (a bool per example) is set where an iterate
+    before the last is misclassified; the forward pass of each gradient gives that at no extra cost."""
     active = None  # None: every example (no gather or scatter needed)
     for _ in range(spec.steps):
         xa, xs, ya = (x_adv, x, y) if active is None else (x_adv[active], x[active], y[active])
-        grad, correct = input_gradient(model, xa, ya, with_correct=True)
+        grad, correct = input_gradient(model, xa, ya, with_correct=True, logits_of=logits_of)
+        if record is not None:
+            if active is None:
+                record |= ~correct
+            else:
+                record[active] |= ~correct
         if stop_when_broken and not bool(correct.all()):
             keep = correct.nonzero().squeeze(1)
             active = keep if active is None else active[keep]
@@ -167,7 +185,7 @@ def _iterate(model, x, y, x_adv, spec, stop_when_broken, direction):
     return x_adv
 
 
-def mim(model, x, y, spec: AttackSpec, start=None, stop_when_broken: bool = False):
+def mim(model, x, y, spec: AttackSpec, start=None, stop_when_broken: bool = False, record=None, logits_of=None):
     """Momentum iterative method: the gradient is L1-normalised per example before it joins the
     momentum (the authors normalised over the whole batch, which couples the examples)."""
     momentum = torch.zeros_like(x)
@@ -180,12 +198,14 @@ def mim(model, x, y, spec: AttackSpec, start=None, stop_when_broken: bool = Fals
         momentum[active] = spec.momentum * momentum[active] + g
         return momentum[active]
 
-    return _iterate(model, x, y, x.clone(), spec, stop_when_broken, direction)
+    return _iterate(model, x, y, x.clone(), spec, stop_when_broken, direction, record, logits_of)
 
 
-def autoattack(model, x, y, spec: AttackSpec, start=None, stop_when_broken: bool = False):
+def autoattack(model, x, y, spec: AttackSpec, start=None, stop_when_broken: bool = False, record=None,
+               logits_of=None):
     """AutoAttack through torchattacks (not a rewrite): each of its attacks runs on the examples the
-    earlier ones did not break. Seeded, so a column is reproducible."""
+    earlier ones did not break. Seeded, so a column is reproducible. It returns its final images only
+    (`record` is left as it is), and always attacks the prediction logits."""
     import torchattacks
 
     with torch.no_grad():
@@ -212,8 +232,8 @@ def check_images(x: torch.Tensor, check_range: bool = True) -> None:
                          "attack the un-normalised images and normalise inside the model")
 
 
-def _single_run(model, x, y, spec, start=None, stop_when_broken=False):
-    return ATTACKS[spec.name](model, x, y, spec, start, stop_when_broken)
+def _single_run(model, x, y, spec, start=None, stop_when_broken=False, record=None, logits_of=None):
+    return ATTACKS[spec.name](model, x, y, spec, start, stop_when_broken, record, logits_of)
 
 
 @torch.no_grad()
@@ -222,19 +242,24 @@ def _correct(model, x, y):
 
 
 def attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec, *,
-           train_mode: bool = False, stop_when_broken: bool = False, check_range: bool = True) -> torch.Tensor:
-    """Adversarial images for a batch. With restarts > 1, each restart attacks only the examples
-    that every earlier restart failed to break (the answer is the same as attacking all of them
-    every time, for a fraction of the work). Each restart draws its random start for the whole
-    batch, so an example gets the same start as in `attack_all_restarts`.
+           train_mode: bool = False, stop_when_broken: bool = False, check_range: bool = True,
+           logits_of=None, record: torch.Tensor | None = None) -> torch.Tensor:
+    """Adversarial images for a batch: the final iterate of each example (as the authors scored their
+    attacks). With restarts > 1, each restart attacks only the examples that every earlier restart
+    failed to break at its final iterate (the answer is the same as attacking all of them every time,
+    for a fraction of the work). Each restart draws its random start for the whole batch, so an example
+    gets the same start as in `attack_all_restarts`.
 
     `stop_when_broken` (evaluation only, never training) keeps each example's first misclassified
-    iterate and stops attacking it: accuracy can only fall, and broken examples cost nothing more.
-    `check_range=False` (training) skips the [0, 1] check and its host-device sync."""
+    iterate and stops attacking it: the any-iterate worst case, at less cost.
+    `check_range=False` (training) skips the [0, 1] check and its host-device sync.
+    `logits_of(x, y)` replaces model(x) as the logits the attack ascends (training: the margin logits).
+    `record` (bool, one per example) is set where any iterate before the final one is misclassified
+    (`attack_scored` reads it)."""
     x, y = x.detach(), y.detach()  # eps = 0 runs the same code: the eps = 0 sanity check tests it
     check_images(x, check_range)
     with attack_mode(model, train_mode):
-        x_adv = _single_run(model, x, y, spec, stop_when_broken=stop_when_broken)
+        x_adv = _single_run(model, x, y, spec, None, stop_when_broken, record, logits_of)
         if spec.restarts == 1:
             return x_adv.detach()
         single = replace(spec, restarts=1)
@@ -244,12 +269,27 @@ def attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec,
             idx = alive.nonzero().squeeze(1)
             if len(idx) == 0:
                 break
+            part = None if record is None else torch.zeros(len(idx), dtype=torch.bool, device=x.device)
             candidate = _single_run(model, x[idx], y[idx], single, None if start is None else start[idx],
-                                    stop_when_broken)
+                                    stop_when_broken, part, logits_of)
+            if record is not None:
+                record[idx] |= part
             broken = ~_correct(model, candidate, y[idx])
             x_adv[idx[broken]] = candidate[broken]
             alive[idx[broken]] = False
         return x_adv.detach()
+
+
+def attack_scored(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec):
+    """(adversarial images, correct at the final iterate, correct at every iterate) for a batch, from
+    one full run of the attack. The first is the authors' scoring (Table I's numbers); the second,
+    never above it, counts an example as broken at its first misclassified iterate of any restart (the
+    honest worst case)."""
+    record = torch.zeros(len(y), dtype=torch.bool, device=y.device)
+    x_adv = attack(model, x, y, spec, record=record)
+    with attack_mode(model):
+        final = _correct(model, x_adv, y.detach())
+    return x_adv, final, final & ~record
 
 
 def attack_all_restarts(model, x, y, spec: AttackSpec, stop_when_broken: bool = False) -> torch.Tensor:

@@ -100,7 +100,21 @@ OPTIMIZERS = ("sgd", "adam")
 OBJECTIVES = ("authors", "paper")
 # Bumped whenever a definition that decides a number changes (an objective, an attack, the split):
 # it enters every run hash and every evaluation cache, so nothing stale is ever served.
-PROTOCOL_VERSION = 4  # 4: torchvision's ResNet-18 blocks and initialisation
+PROTOCOL_VERSION = 5  # 5: the authors' norm terms, crafting logits, scoring and checkpoint rule
+# Which logits the PGD that crafts AT / ALP examples ascends: the training logits (with an angular
+# loss's margin, as the authors' PGD did, the model being in train mode) or the prediction logits.
+CRAFT_LOGITS = ("training", "prediction")
+# Which epoch's weights a run keeps: the best clean validation accuracy, the best PGD-7 validation
+# accuracy, or the last epoch.
+KEEP_RULES = ("best_clean_val", "best_pgd7_val", "last")
+
+
+def authors_keep_rule(loss: str, defense: str) -> str:
+    """The authors' checkpoint rule: SM-UM the best clean validation epoch, SM-AT / SM-ALP the best PGD-7
+    validation epoch (their softmax script validates on PGD-7 images), every other model its last epoch."""
+    if loss != "SM":
+        return "last"
+    return "best_clean_val" if defense == "UM" else "best_pgd7_val"
 
 
 @dataclass(frozen=True)
@@ -133,6 +147,8 @@ class Experiment:
     craft_bn_mode: str = "train"  # batch-norm mode while crafting training examples (authors: train)
     augment: bool = True
     objectives: str = "authors"  # AT / ALP objectives: "authors" (their code) or "paper" (its text)
+    craft_logits: str = ""  # CRAFT_LOGITS; "": "training" under the authors' objectives, else "prediction"
+    keep: str = ""  # KEEP_RULES; "": the authors' rule for the paper's losses (authors' objectives), else best clean
 
     def __post_init__(self):
         from .losses import LOSSES, PAPER_LOSSES, resolve_loss_params
@@ -149,6 +165,17 @@ class Experiment:
         elif self.objectives == "authors" and self.loss not in PAPER_LOSSES:
             raise ValueError(f"the authors' code defines AT / ALP objectives for {list(PAPER_LOSSES)} only; "
                              f"train {self.loss}-{self.defense} with objectives='paper'")
+        authors = self.objectives == "authors"
+        # Written out, so the hash records what ran; UM crafts nothing, so one UM run serves every choice.
+        craft = "training" if self.defense == "UM" else self.craft_logits or ("training" if authors else "prediction")
+        if craft not in CRAFT_LOGITS:
+            raise ValueError(f"unknown craft_logits {self.craft_logits!r}; choose one of {list(CRAFT_LOGITS)}")
+        object.__setattr__(self, "craft_logits", craft)
+        keep = self.keep or (authors_keep_rule(self.loss, self.defense) if authors and self.loss in PAPER_LOSSES
+                             else "best_clean_val")
+        if keep not in KEEP_RULES:
+            raise ValueError(f"unknown keep rule {self.keep!r}; choose one of {list(KEEP_RULES)}")
+        object.__setattr__(self, "keep", keep)
         # Every loss parameter written out, with the type of its default: s=4 and s=4.0 are one run,
         # and a changed default retrains instead of reusing.
         object.__setattr__(self, "loss_params", resolve_loss_params(self.loss, dict(self.loss_params)))

@@ -7,6 +7,8 @@ UM trains on clean images. AT and ALP come in two readings (`objectives`):
   `adversarial_objective`): SM trains on CE(x_adv) alone (ALP too: no clean CE); CenL and AAML on the
   clean plus the adversarial objective; ConL and TL pair adversarial anchors with clean partners.
   ALP adds 0.5 * the mean squared difference of the logits each loss pairs (AAML: margin logits).
+  Their PGD starts from an unclipped random point and ascends the training logits (AAML: the margin
+  logits), with batch-norm in train mode.
 """
 from __future__ import annotations
 
@@ -18,9 +20,11 @@ ALP_WEIGHT = 0.5
 
 
 def crafting_spec(experiment) -> AttackSpec:
-    """PGD with random start that crafts the training examples (PGD-7, 8/255, 2/255 by default)."""
+    """PGD with random start that crafts the training examples (PGD-7, 8/255, 2/255 by default); under
+    the authors' objectives its start is not clipped into [0, 1], as in their code."""
     return AttackSpec("pgd", eps=experiment.attack_eps, step=experiment.attack_step,
-                      steps=experiment.attack_steps, random_start=True)
+                      steps=experiment.attack_steps, random_start=True,
+                      clip_start=experiment.objectives != "authors")
 
 
 def logit_pairing(clean_logits, adv_logits):
@@ -29,19 +33,24 @@ def logit_pairing(clean_logits, adv_logits):
 
 
 def defense_loss(model, x, y, defense: str, spec: AttackSpec | None = None, craft_bn_mode: str = "train",
-                 objectives: str = "authors"):
+                 objectives: str = "authors", craft_logits: str = "training"):
     """The training objective of one batch under a defence, and the logits that score it
-    (adversarial prediction logits for AT and ALP)."""
+    (adversarial prediction logits for AT and ALP). The examples are crafted on `craft_logits`:
+    "training" (the logits of the training CE: AAML's margin logits, as the authors did) or
+    "prediction" (s * cos(theta) for AAML; the same logits for the other paper losses)."""
     if defense == "UM":
         return model.loss(x, y)
     if defense not in ("AT", "ALP"):
         raise ValueError(f"unknown defense {defense!r}; choose UM, AT or ALP")
     if objectives not in ("authors", "paper"):
         raise ValueError(f"unknown objectives {objectives!r}; choose authors or paper")
+    if craft_logits not in ("training", "prediction"):
+        raise ValueError(f"unknown craft_logits {craft_logits!r}; choose training or prediction")
     x_adv = attack(model, x, y, spec or AttackSpec("pgd", steps=7, random_start=True),
-                   train_mode=craft_bn_mode == "train", check_range=False)  # loader batches: no sync per step
+                   train_mode=craft_bn_mode == "train", check_range=False,  # loader batches: no sync per step
+                   logits_of=model.training_logits if craft_logits == "training" else None)
     if objectives == "authors":
-        loss, adv_pair, clean_pair, adv_logits = model.adversarial_objective(x, x_adv, y)
+        loss, adv_pair, clean_pair, adv_logits = model.adversarial_objective(x, x_adv, y, pairing=defense == "ALP")
         if defense == "ALP":
             loss = loss + ALP_WEIGHT * logit_pairing(clean_pair, adv_pair)
         return loss, adv_logits

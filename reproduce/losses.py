@@ -53,48 +53,73 @@ class Loss(nn.Module):
         logits = self.logits(f)
         return self.objective(f, y, logits) + self.penalty(f), logits
 
+    # Whether the authors' AT objective for this loss needs the clean batch's embedding (their SM-AT
+    # forwards the adversarial batch only, which also leaves batch-norm's running statistics to it).
+    AT_USES_CLEAN = True
+
     def adversarial_objective(self, f_clean, f_adv, y):
         """The AT objective of the authors' code for this loss, from the clean and adversarial embeddings
         of one batch: (objective, adversarial logits, clean logits), the two logit sets being the ones
-        ALP pairs."""
+        ALP pairs (the clean ones are None when `f_clean` is)."""
         raise ValueError(f"the authors' code defines no adversarial objective for {type(self).__name__}; "
                          "use objectives='paper'")
 
     def _clean_plus_adversarial(self, f_clean, f_adv, y):
-        # The authors' CenL and AAML: the whole objective on the clean batch plus on the adversarial batch.
-        loss = self(f_clean, y)[0] + self(f_adv, y)[0]
+        # The authors' CenL and AAML: the objective without its norm term on the clean batch plus on the
+        # adversarial batch, and ONE norm term averaged over the 2B embeddings of both.
+        loss = (self.objective(f_clean, y, self.logits(f_clean)) + self.objective(f_adv, y, self.logits(f_adv))
+                + self.penalty(torch.cat([f_clean, f_adv])))
         return loss, self.training_logits(f_adv, y), self.training_logits(f_clean, y)
 
 
 class SoftmaxLoss(Loss):
     """SM: cross-entropy on a linear head."""
 
+    AT_USES_CLEAN = False
+
     def adversarial_objective(self, f_clean, f_adv, y):
         # CE on the adversarial batch only, for AT and ALP alike: the authors' SM-ALP has no clean CE.
         adv = self.logits(f_adv)
-        return F.cross_entropy(adv, y) + self.penalty(f_adv), adv, self.logits(f_clean)
+        clean = None if f_clean is None else self.logits(f_clean)
+        return F.cross_entropy(adv, y) + self.penalty(f_adv), adv, clean
 
 
 class MetricLoss(Loss):
-    """CE + weight * a pair or triplet loss on cosine distance (pytorch-metric-learning) + the norm penalty.
+    """CE + weight * a pair or triplet loss on cosine distance (pytorch-metric-learning) + a norm term,
+    as the authors' code computes them.
 
-    Under adversarial training the authors' code pairs adversarial anchors with clean partners: the
-    metric loss sees (adversarial anchor, clean positive / negative), the CE only the anchors that have
-    a partner, and the norm penalty is averaged over the ends of every pair or triplet."""
+    The pairs (triplets) join an anchor from one batch of embeddings with partners from another: under
+    UM both are the clean batch; under the authors' AT / ALP the anchors are adversarial and the partners
+    clean. The norm term is ||f||^2 averaged over every end of every pair (triplet) together, and the CE
+    covers every example (ConL under UM) or only the anchors that have a partner (TL, and both under
+    AT / ALP)."""
+
+    UM_CE_ON_ANCHORS = False
 
     def __init__(self, embedding_dim, num_classes, weight: float, feature_penalty: float):
         super().__init__(embedding_dim, num_classes, feature_penalty)
         self.weight = weight
 
-    def objective(self, f, y, logits):
-        return F.cross_entropy(logits, y) + self.weight * self.metric(f, y)
+    def terms(self, f_anchor, f_partner, y):
+        """(metric loss, which examples anchor a pair or triplet, the squared norms of every end)."""
+        raise NotImplementedError
 
-    def _anchored(self, f_clean, f_adv, y, anchors, metric, norm):
-        if not bool(anchors.any()):  # no pair in the batch: nothing for the metric, CE on every example
+    def _objective(self, f_anchor, f_partner, y, ce_on_anchors: bool):
+        metric, anchors, ends = self.terms(f_anchor, f_partner, y)
+        if not ce_on_anchors or not bool(anchors.any()):  # no pair in the batch: CE on every example
             anchors = torch.ones_like(anchors)
-        adv, clean = self.logits(f_adv)[anchors], self.logits(f_clean)[anchors]
-        loss = F.cross_entropy(adv, y[anchors]) + self.weight * metric + self.feature_penalty * norm
-        return loss, adv, clean
+        norm = ends.mean() if len(ends) else 0.0
+        logits = self.logits(f_anchor)
+        loss = F.cross_entropy(logits[anchors], y[anchors]) + self.weight * metric + self.feature_penalty * norm
+        return loss, logits, anchors
+
+    def forward(self, f, y):
+        loss, logits, _ = self._objective(f, f, y, self.UM_CE_ON_ANCHORS)
+        return loss, logits
+
+    def adversarial_objective(self, f_clean, f_adv, y):
+        loss, adv, anchors = self._objective(f_adv, f_clean, y, ce_on_anchors=True)
+        return loss, adv[anchors], self.logits(f_clean)[anchors]
 
 
 def _squared_norms(f: torch.Tensor) -> torch.Tensor:
@@ -102,11 +127,12 @@ def _squared_norms(f: torch.Tensor) -> torch.Tensor:
 
 
 class ContrastiveLoss(MetricLoss):
-    """ConL: CE + weight * contrastive loss on cosine distance d = 1 - cos.
+    """ConL: CE + weight * contrastive loss on cosine distance d = 1 - cos + the norm term.
 
     Positive pairs cost d, negative pairs relu(margin - d); each part is averaged over its pairs with
     a non-zero cost (pytorch-metric-learning's ContrastiveLoss with cosine similarity, margins 1 and
-    1 - margin, computes exactly this).
+    1 - margin, computes exactly this). The authors' distance is 1 - |cos|, the same for the ResNet's
+    post-ReLU embedding, whose cosines are never negative.
     """
 
     def __init__(self, embedding_dim, num_classes, weight: float = 2.0, margin: float = 0.3,
@@ -115,23 +141,26 @@ class ContrastiveLoss(MetricLoss):
         self.metric = pml_losses.ContrastiveLoss(pos_margin=1.0, neg_margin=1.0 - margin,
                                                  distance=pml_distances.CosineSimilarity())
 
-    def adversarial_objective(self, f_clean, f_adv, y):
-        # pairs (adversarial i, clean j), i != j: every same-class pair, and other-class pairs inside the margin
+    def terms(self, f_anchor, f_partner, y):
+        # pairs (anchor i, partner j), i != j: every same-class pair, and other-class pairs inside the margin
         other = ~torch.eye(len(y), dtype=torch.bool, device=y.device)
         same = y[:, None] == y[None, :]
         with torch.no_grad():
-            inside = self.metric.distance(f_adv, f_clean) > self.metric.neg_margin
+            inside = self.metric.distance(f_anchor, f_partner) > self.metric.neg_margin
         pos, neg = same & other, ~same & other & inside
         pairs = (*pos.nonzero(as_tuple=True), *neg.nonzero(as_tuple=True))
-        metric = self.metric(f_adv, y, indices_tuple=pairs, ref_emb=f_clean, ref_labels=y)
+        metric = self.metric(f_anchor, y, indices_tuple=pairs, ref_emb=f_partner, ref_labels=y)
         a, p = (pos | neg).nonzero(as_tuple=True)
-        norm = (_squared_norms(f_adv)[a] + _squared_norms(f_clean)[p]).mean() if len(a) else 0.0
-        return self._anchored(f_clean, f_adv, y, (pos | neg).any(1), metric, norm)
+        ends = torch.cat([_squared_norms(f_anchor)[a], _squared_norms(f_partner)[p]])
+        return metric, (pos | neg).any(1), ends
 
 
 class TripletLoss(MetricLoss):
-    """TL: CE + weight * batch-all triplet loss relu(d(a,p) - d(a,n) + margin) on cosine distance,
-    averaged over the triplets with a positive cost (pytorch-metric-learning's TripletMarginLoss)."""
+    """TL: CE on the anchors + weight * batch-all triplet loss relu(d(a,p) - d(a,n) + margin) on cosine
+    distance, averaged over the triplets with a positive cost (pytorch-metric-learning's
+    TripletMarginLoss), + the norm term."""
+
+    UM_CE_ON_ANCHORS = True
 
     def __init__(self, embedding_dim, num_classes, weight: float = 2.0, margin: float = 0.03,
                  feature_penalty: float = 0.001):
@@ -139,16 +168,16 @@ class TripletLoss(MetricLoss):
         self.metric = pml_losses.TripletMarginLoss(margin=margin, distance=pml_distances.CosineSimilarity(),
                                                    triplets_per_anchor="all")
 
-    def adversarial_objective(self, f_clean, f_adv, y):
-        # triplets (adversarial anchor a, clean positive p != a, clean negative n)
+    def terms(self, f_anchor, f_partner, y):
+        # triplets (anchor a, positive p != a, negative n), positives and negatives from the partners
         same = y[:, None] == y[None, :]
         positive = same & ~torch.eye(len(y), dtype=torch.bool, device=y.device)
         valid = positive[:, :, None] & ~same[:, None, :]
         a, p, n = valid.nonzero(as_tuple=True)
-        metric = self.metric(f_adv, y, indices_tuple=(a, p, n), ref_emb=f_clean, ref_labels=y)
-        sq_adv, sq_clean = _squared_norms(f_adv), _squared_norms(f_clean)
-        norm = (sq_adv[a] + sq_clean[p] + sq_clean[n]).mean() if len(a) else 0.0
-        return self._anchored(f_clean, f_adv, y, valid.flatten(1).any(1), metric, norm)
+        metric = self.metric(f_anchor, y, indices_tuple=(a, p, n), ref_emb=f_partner, ref_labels=y)
+        sq_partner = _squared_norms(f_partner)
+        ends = torch.cat([_squared_norms(f_anchor)[a], sq_partner[p], sq_partner[n]])
+        return metric, valid.flatten(1).any(1), ends
 
 
 class CenterLoss(Loss):

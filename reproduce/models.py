@@ -96,17 +96,23 @@ class Classifier(nn.Module):
     def loss(self, x, y):
         return self._in_float32(self.criterion, self.embedder(x), y)
 
-    def adversarial_objective(self, x, x_adv, y):
+    def training_logits(self, x, y):
+        """The logits the training cross-entropy sees (with an angular loss's margin in training mode):
+        what the authors' PGD maximised when it crafted AT / ALP examples."""
+        return self._in_float32(self.criterion.training_logits, self.embedder(x), y)
+
+    def adversarial_objective(self, x, x_adv, y, pairing: bool = False):
         """The authors' AT objective of the loss (losses.Loss.adversarial_objective), with the clean and
         adversarial batches passed through the network separately (as in their code, each with its own
-        batch statistics). Returns (objective, adversarial pair logits, clean pair logits, adversarial
-        prediction logits)."""
-        f_clean, f_adv = self.embedder(x), self.embedder(x_adv)
+        batch statistics; the clean batch only where the loss's AT uses it or ALP pairs its logits).
+        Returns (objective, adversarial pair logits, clean pair logits, adversarial prediction logits)."""
+        f_clean = self.embedder(x) if pairing or self.criterion.AT_USES_CLEAN else None
+        f_adv = self.embedder(x_adv)
 
         def terms(f_adv, f_clean, y):
             return (*self.criterion.adversarial_objective(f_clean, f_adv, y), self.criterion.logits(f_adv))
 
-        return self._in_float32(terms, f_adv, f_clean.float(), y)
+        return self._in_float32(terms, f_adv, None if f_clean is None else f_clean.float(), y)
 
 
 def build_model(experiment, in_channels: int, num_classes: int) -> Classifier:

@@ -22,7 +22,7 @@ from .evaluation import evaluate_columns, evaluate_white_box
 from .grid import table1_experiments, train_all
 from .losses import PAPER_LOSSES
 from .protocol import ITERATION_SWEEP, TABLE1
-from .stats import wilson_interval
+from .stats import seed_interval
 from .store import RunStore, write_json
 from .training import load_trained
 
@@ -158,10 +158,10 @@ def fig_losses_2d(dataset: str, profile, store: RunStore, out_dir: Path, losses,
 
 
 def _with_intervals(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """Mean accuracy over seeds per `keys`, with the 95% Wilson interval over every seed's images."""
-    out = df.groupby(keys, sort=False).agg(accuracy=("accuracy", "mean"), seeds=("accuracy", "count"),
-                                           n=("n", "first")).reset_index()
-    bounds = [wilson_interval(a, n * k) for a, n, k in zip(out["accuracy"], out["n"], out["seeds"])]
+    """Mean accuracy over seeds per `keys`, with its 95% interval (stats.seed_interval)."""
+    g = df.groupby(keys, sort=False)
+    out = g.agg(accuracy=("accuracy", "mean"), seeds=("accuracy", "count"), n=("n", "first")).reset_index()
+    bounds = [seed_interval(list(group["accuracy"]), int(group["n"].iloc[0])) for _, group in g]
     out["ci_low"], out["ci_high"] = [b[0] for b in bounds], [b[1] for b in bounds]
     return out
 

@@ -1,9 +1,10 @@
 """The one training loop, for every loss and defence.
 
 SGD (or a loss's own recipe, e.g. Adam) with the paper's plateau schedule or a one-cycle schedule;
-channels-last models, bf16 autocast where the device has native bf16 (`native_bf16`); the last and
-the best-validation checkpoints each epoch; resume after a crash or a kill with the same final
-numbers; a non-finite loss ends the run as "diverged" instead of raising.
+channels-last models, bf16 autocast where the device has native bf16 (`native_bf16`); each epoch the
+last checkpoint and the one the experiment's `keep` rule selects (best clean validation, best PGD-7
+validation, or the last epoch); resume after a crash or a kill with the same final numbers; a
+non-finite loss ends the run as "diverged" instead of raising.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import torch
 from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
+from .attacks import AttackSpec
 from .data import DataSplit, DeviceLoader, load_dataset
 from .defenses import crafting_spec, defense_loss
 from .models import Classifier, build_model
@@ -80,6 +82,30 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return seed * 1_000_003 + epoch
 
 
+# The authors' softmax script validates AT / ALP models on PGD-7 images of the validation split.
+VALIDATION_PGD7 = AttackSpec("pgd", steps=7, random_start=True, label="pgd7")
+KEEP_REASONS = {"best_clean_val": "the best clean validation accuracy", "best_pgd7_val":
+                "the best PGD-7 validation accuracy", "last": "the last epoch"}
+
+
+def _validate(model, experiment, data, device, epoch: int) -> dict:
+    """The epoch's validation numbers: clean accuracy, and PGD-7 accuracy when the keep rule needs it
+    (seeded from the epoch, so a resumed run draws the same random starts)."""
+    from .evaluation import robust_accuracy
+
+    out = {"val_acc": clean_accuracy(model, data.x_val, data.y_val, device=device)}
+    if experiment.keep == "best_pgd7_val":
+        torch.manual_seed(_epoch_seed(experiment.seed, epoch) + 500_000)
+        out["val_pgd7_acc"] = robust_accuracy(model, data.x_val, data.y_val, VALIDATION_PGD7)
+    return out
+
+
+def _keep_score(experiment, record: dict) -> float:
+    """What the keep rule maximises over epochs (the epoch number itself for "last")."""
+    return {"best_clean_val": record["val_acc"], "best_pgd7_val": record.get("val_pgd7_acc"),
+            "last": record["epoch"]}[experiment.keep]
+
+
 def _make_scheduler(optimizer, experiment, steps_per_epoch: int):
     if experiment.schedule == "onecycle":
         total = max(experiment.epochs * steps_per_epoch, 4)  # tiny runs: at least one step up and down
@@ -114,7 +140,7 @@ class TrainedRun:
 
 def load_trained(experiment, store: RunStore | None = None, device=None, num_classes: int = 10,
                  in_channels: int | None = None) -> Classifier:
-    """The best-validation model of a finished run."""
+    """The model a finished run kept (best.pt: the epoch its `keep` rule chose)."""
     store = store or RunStore()
     device = resolve_device(device)
     run_dir = store.run_dir(experiment)
@@ -166,6 +192,13 @@ def train(experiment, store: RunStore | None = None, *, data: DataSplit | None =
         claim.release()
 
 
+def _kept_why(experiment, kept: dict, epochs: int) -> str:
+    """Which epoch the run kept and why, in words (written into result.json)."""
+    measured = {"best_clean_val": f" ({kept['val_acc']:.2f}%)", "last": "",
+                "best_pgd7_val": f" ({kept.get('val_pgd7_acc', math.nan):.2f}%)"}[experiment.keep]
+    return f"epoch {kept['epoch']} of {epochs}: {KEEP_REASONS[experiment.keep]}{measured} (keep={experiment.keep})"
+
+
 def _train_claimed(experiment, store, data, device, data_root, progress) -> TrainedRun:
     run_dir = store.run_dir(experiment)
     data = data or data_for(experiment, data_root)
@@ -184,7 +217,7 @@ def _train_claimed(experiment, store, data, device, data_root, progress) -> Trai
     scheduler = _make_scheduler(optimizer, experiment, len(train_loader))
     spec = crafting_spec(experiment)
 
-    start_epoch, best_val = 0, -1.0
+    start_epoch, best_score, kept = 0, -math.inf, None
     last_path = run_dir / "last.pt"
     if last_path.exists():
         state = load_checkpoint(last_path)  # raises CheckpointError with the path if corrupted
@@ -192,7 +225,7 @@ def _train_claimed(experiment, store, data, device, data_root, progress) -> Trai
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None and state.get("scheduler"):
             scheduler.load_state_dict(state["scheduler"])
-        start_epoch, best_val = state["epoch"], state["best_val"]
+        start_epoch, best_score, kept = state["epoch"], state["best_score"], state["kept"]
         print(f"resuming {experiment.label} from epoch {start_epoch} ({last_path})")
     # metrics and best.pt may hold an epoch that last.pt does not (a kill between the writes): the
     # epochs after the checkpoint are trained again, and their lines written again
@@ -216,7 +249,7 @@ def _train_claimed(experiment, store, data, device, data_root, progress) -> Trai
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast(device):
                 loss, logits = defense_loss(model, x, y, experiment.defense, spec, experiment.craft_bn_mode,
-                                            experiment.objectives)
+                                            experiment.objectives, experiment.craft_logits)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -234,29 +267,34 @@ def _train_claimed(experiment, store, data, device, data_root, progress) -> Trai
             status = "diverged"
             append_jsonl(run_dir / "metrics.jsonl", {"epoch": epoch + 1, "train_loss": train_loss, "diverged": True})
             break
-        val_acc = clean_accuracy(model, data.x_val, data.y_val, device=device)
+        validation = _validate(model, experiment, data, device, epoch)
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             scheduler.step(train_loss)
         record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "train_loss": train_loss,
-                  "train_acc": 100 * correct.item() / max(seen, 1), "val_acc": val_acc,
+                  "train_acc": 100 * correct.item() / max(seen, 1), **validation,
                   "images_per_s": seen / elapsed, "seconds": elapsed}
         append_jsonl(run_dir / "metrics.jsonl", record)
         if progress:
+            pgd7 = f" val PGD-7 {validation['val_pgd7_acc']:.1f}%" if "val_pgd7_acc" in validation else ""
             print(f"{experiment.label} epoch {epoch + 1}: loss {train_loss:.3f} train acc {record['train_acc']:.1f}% "
-                  f"val acc {val_acc:.1f}% ({record['images_per_s']:.0f} img/s)")
-        if val_acc > best_val:
-            best_val = val_acc
+                  f"val acc {validation['val_acc']:.1f}%{pgd7} ({record['images_per_s']:.0f} img/s)")
+        score = _keep_score(experiment, record)
+        if score > best_score:
+            best_score, kept = score, {"epoch": epoch + 1, **validation}
             save_checkpoint(run_dir / "best.pt", {"model": model.state_dict(), "epoch": epoch + 1})
         save_checkpoint(last_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                     "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                                    "epoch": epoch + 1, "best_val": best_val})
+                                    "epoch": epoch + 1, "best_score": best_score, "kept": kept})
         # The plateau schedule ends early once the rate has fallen a thousandfold.
         if experiment.schedule == "plateau" and optimizer.param_groups[0]["lr"] < experiment.lr * 1e-3 + 1e-12:
             break
 
     metrics = store.metrics(experiment)
+    finished = status == "finished"
     result = {"status": status, "label": experiment.label, "key": experiment.key,
-              "best_val_acc": best_val if status == "finished" else None,
+              "best_val_acc": max(m["val_acc"] for m in metrics) if finished else None,
+              "kept_epoch": kept["epoch"] if finished else None, "kept_val_acc": kept["val_acc"] if finished else None,
+              "kept_why": _kept_why(experiment, kept, len(metrics)) if finished else None,
               "epochs_run": len(metrics), "num_classes": data.num_classes, "in_channels": data.channels,
               "train_seconds": sum(m.get("seconds", 0) for m in metrics)}
     write_checked_json(run_dir / "result.json", result)

@@ -70,3 +70,19 @@ def test_clear_means_the_intervals_do_not_overlap(n):
 def test_claims_are_written_beside_the_tables(tmp_path):
     text = claims.write(claims.table4(paper_cells("table4")), tmp_path, "table4")
     assert (tmp_path / "claims_table4.md").read_text() == text and "**holds" in text
+
+
+def test_clear_with_several_seeds_counts_their_spread_and_one_seed_says_test_sampling_only():
+    """Two seeds per cell: ALP 2 points above AT on both, but the seeds disagree by 6 points. Pooled as
+    20,000 independent images the gap would look clear; with the seeds' spread it is not."""
+    rows = []
+    for loss in ("SM", "ConL", "TL", "CenL", "AAML"):
+        for seed, shift in ((0, -3.0), (1, 3.0)):
+            rows += [{"row": f"{loss}-AT", "column": "pgd20", "seed": seed, "accuracy": 40 + shift, "n": 10_000},
+                     {"row": f"{loss}-ALP", "column": "pgd20", "seed": seed, "accuracy": 42 + shift, "n": 10_000}]
+    (claim,) = [c for c in claims.table1(pd.DataFrame(rows)) if c.text.startswith("ALP is more robust")]
+    assert (claim.holds, claim.clear) == (5, 0)
+    assert wilson_interval(42, 20_000)[0] > wilson_interval(40, 20_000)[1]  # what pooling would have said
+    assert "over 2 seeds: training spread and test sampling" in claims.markdown([claim])
+    one = claims.table1(paper_cells("table1"))
+    assert "test sampling only" in claims.markdown(one)

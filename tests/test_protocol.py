@@ -23,13 +23,13 @@ def test_a_new_column_is_computed_alone_and_shows_no_paper_number(tmp_path, cifa
     before, _ = tables.table1(prof, "cifar10", data, store, device="cpu", progress=False)
 
     computed = []
-    real = evaluation.robust_accuracy
+    real = evaluation.robust_scores
 
     def counting(model, x, y, spec, **kw):
         computed.append("clean" if spec is None else spec.column)
         return real(model, x, y, spec, **kw)
 
-    monkeypatch.setattr(evaluation, "robust_accuracy", counting)
+    monkeypatch.setattr(evaluation, "robust_scores", counting)
     dummy = protocol.Column("fgsm4", "FGSM 4/255", lambda p: AttackSpec("fgsm", eps=4 / 255, label="fgsm4"),
                             in_paper=False)
     table = replace(protocol.TABLE1, columns=protocol.TABLE1.columns + (dummy,))
