@@ -151,19 +151,24 @@ def pgd(model, x, y, spec: AttackSpec, start: torch.Tensor | None = None, stop_w
         start = random_start(x, spec)
     if start is None:
         x_adv = x.clone()
-    else:
-        x_adv = project(x + start, x, spec.eps, spec.norm) if spec.clip_start else x + start
+    elif spec.clip_start:
+        x_adv = project(x + start, x, spec.eps, spec.norm)
+    else:  # the authors' first step, from a start outside [0, 1] that is therefore never itself scored
+        grad = input_gradient(model, x + start, y, logits_of=logits_of)
+        x_adv = project(x + start + spec.step * _ascent_direction(grad, spec.norm), x, spec.eps, spec.norm)
+        return _iterate(model, x, y, x_adv, spec, stop_when_broken, lambda grad, _: grad, record, logits_of,
+                        steps=spec.steps - 1)
     return _iterate(model, x, y, x_adv, spec, stop_when_broken, lambda grad, _: grad, record, logits_of)
 
 
-def _iterate(model, x, y, x_adv, spec, stop_when_broken, direction, record=None, logits_of=None):
+def _iterate(model, x, y, x_adv, spec, stop_when_broken, direction, record=None, logits_of=None, steps=None):
     """The loop of the iterative attacks. `direction(grad, active)` turns the gradient of the active
     examples into the step direction (MIM keeps its momentum there). With `stop_when_broken`, an
     example leaves the loop at the first iterate the model gets wrong, which it keeps: the attack is
     never weaker and spends no more work on it. `record` (a bool per example) is set where an iterate
     before the last is misclassified; the forward pass of each gradient gives that at no extra cost."""
     active = None  # None: every example (no gather or scatter needed)
-    for _ in range(spec.steps):
+    for _ in range(spec.steps if steps is None else steps):
         xa, xs, ya = (x_adv, x, y) if active is None else (x_adv[active], x[active], y[active])
         grad, correct = input_gradient(model, xa, ya, with_correct=True, logits_of=logits_of)
         if record is not None:

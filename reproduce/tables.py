@@ -132,8 +132,9 @@ def interval_note(several_seeds: bool) -> str:
 def write_table(cells: pd.DataFrame, name: str, out_dir: Path, dataset: str, title: str | None = None,
                 notes: list[str] = (), file_stem: str | None = None, index_name: str | None = None) -> str:
     """Write <stem>.csv (the mean of each cell, as the paper's table), <stem>_intervals.csv (mean, sd,
-    seeds, test images, 95% interval and the paper's number, a line per cell) and <stem>.md; return
-    the Markdown. Title, file stem and index name default to the table's definition in protocol.py."""
+    seeds, test images, 95% interval and the paper's number, a line per cell), <stem>_seeds.csv (with
+    several seeds: each seed's accuracy, a line per cell and seed) and <stem>.md; return the Markdown.
+    Title, file stem and index name default to the table's definition in protocol.py."""
     table = TABLES[name]
     title, index_name = title or table.title, table.index_name if index_name is None else index_name
     out_dir = Path(out_dir)
@@ -146,6 +147,9 @@ def write_table(cells: pd.DataFrame, name: str, out_dir: Path, dataset: str, tit
                         for r, c in zip(summary["row"], summary["column"])]
     if summary["any_iterate"].isna().all():
         summary = summary.drop(columns="any_iterate")
+    if summary["seeds"].max() > 1:
+        cells.rename(columns={"row": index_name or "row"}).to_csv(out_dir / f"{stem}_seeds.csv", index=False,
+                                                                  float_format="%.2f")
     summary.rename(columns={"row": index_name or "row"}).to_csv(out_dir / f"{stem}_intervals.csv", index=False,
                                                                 float_format="%.2f")
     md = comparison_markdown(summary, paper, dataset, title, notes, index_name,

@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from reproduce import config, evaluation, losses
-from reproduce.attacks import AttackSpec, attack
+from reproduce.attacks import AttackSpec, attack, attack_scored
 from reproduce.config import make_experiment
 from reproduce.defenses import crafting_spec, defense_loss
 from reproduce.evaluation import black_box, craft, robust_accuracy
@@ -274,6 +274,10 @@ def test_unclipped_random_start_takes_its_first_gradient_outside_the_image_range
         (grad,) = torch.autograd.grad(F.cross_entropy(net(at), y, reduction="sum"), at)
         expected = torch.clamp(x + torch.clamp(at.detach() + 0.03 * grad.sign() - x, -0.1, 0.1), 0, 1)
         assert torch.allclose(ours, expected, atol=1e-7)
+    # the unclipped start is never an iterate: early-stopped or scored, every image stays in [0, 1]
+    spec = AttackSpec("pgd", eps=0.1, step=0.03, steps=3, clip_start=False)
+    for x_adv in (attack(net, x, y, spec, stop_when_broken=True), attack_scored(net, x, y, spec)[0]):
+        assert 0 <= x_adv.min() and x_adv.max() <= 1 and (x_adv - x).abs().max() <= 0.1 + 1e-6
     assert not crafting_spec(make_experiment("SM", "AT")).clip_start  # the authors' objectives: their start
     assert crafting_spec(make_experiment("SM", "AT", objectives="paper")).clip_start
 
