@@ -189,15 +189,16 @@ def table1(profile_name, dataset: str, data, store: RunStore, device=None, progr
 
 
 def table1_notes(flags: dict, profile_name, scoring: str = "final") -> list[str]:
-    notes = [SCORING_NOTES[scoring]]
+    notes = []
     for label, fl in flags.items():
         for f in fl:
             notes.append(f"CHECK FAILED for {label}: {f}. Failed orderings or accuracy that does not fall with eps "
                          "are the usual signs of gradient masking (ALP is known for it).")
     if not notes:
         notes.append("All sanity checks passed: eps = 0 equals clean, no attack above clean, PGD-20 <= PGD-7 and "
-                     "20PGD <= PGD-20 (within 1 point), AutoAttack at or below every other attack and not far "
+                     "20PGD <= PGD-20 (each within 1 point), AutoAttack at or below every other attack and not far "
                      "below PGD-20, and PGD accuracy falls below 10% as eps grows.")
+    notes.append(SCORING_NOTES[scoring])
     notes.append(autoattack_note(get_profile(profile_name)))
     if get_profile(profile_name).name == "smoke":
         notes.append("SMOKE PROFILE: thin network, a slice of the data, few epochs. These numbers test the pipeline; "

@@ -71,7 +71,7 @@ def main() -> None:
                       _rows(crafted, store, x, y, profile), after.loc[["AAML-AT", "AAML-ALP"]]))
 
     variants = []
-    for label, exp in exps.items():
+    for exp in exps.values():
         if exp.keep == "best_clean_val":
             continue
         metrics = store.metrics(exp)

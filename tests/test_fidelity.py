@@ -619,3 +619,13 @@ def test_seed_interval_covers_the_true_accuracy_where_pooling_seeds_does_not():
     assert seed_interval([81.0], 300) == wilson_interval(81.0, 300)  # one seed: test sampling only
     low, high = seed_interval([0.0, 0.0, 0.0], 300)
     assert low == 0.0 and 0.0 < high < 2.0  # no spread at 0%: the test-set part keeps a width
+
+
+def test_table1_notes_say_whether_the_checks_passed_and_how_attacks_were_scored():
+    from reproduce.tables import table1_notes
+
+    passed = table1_notes({"SM-UM": []}, "smoke")
+    assert passed[0].startswith("All sanity checks passed") and "final iterate" in passed[1]
+    failed = table1_notes({"SM-UM": ["pgd20 (50.00) exceeds clean (40.00)"]}, "smoke", "any_iterate")
+    assert failed[0].startswith("CHECK FAILED for SM-UM") and not any(n.startswith("All") for n in failed)
+    assert "every iterate" in failed[1]
