@@ -242,8 +242,8 @@ class CosineHeadLoss(Loss):
 class ArcFaceLoss(CosineHeadLoss):
     """AAML (ArcFace): CE on s * cos(theta_y + m) in training; s * cos(theta) for prediction.
 
-    Hand-written: pytorch-metric-learning's ArcFaceLoss returns no logits to predict with and
-    applies its margin in eval mode too.
+    Hand-written, so that the margin enters the training CE only (prediction and evaluation attacks
+    see logits without it) and the fallback past pi - m is the authors'.
     """
 
     def __init__(self, embedding_dim, num_classes, s: float = 2.0, m: float = 0.2, feature_penalty: float = 0.001):
