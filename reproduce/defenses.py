@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 
 from .attacks import AttackSpec, attack
+from .config import CRAFT_LOGITS
 
 ALP_WEIGHT = 0.5
 
@@ -44,8 +45,8 @@ def defense_loss(model, x, y, defense: str, spec: AttackSpec | None = None, craf
         raise ValueError(f"unknown defense {defense!r}; choose UM, AT or ALP")
     if objectives not in ("authors", "paper"):
         raise ValueError(f"unknown objectives {objectives!r}; choose authors or paper")
-    if craft_logits not in ("training", "prediction"):
-        raise ValueError(f"unknown craft_logits {craft_logits!r}; choose training or prediction")
+    if craft_logits not in CRAFT_LOGITS:
+        raise ValueError(f"unknown craft_logits {craft_logits!r}; choose one of {list(CRAFT_LOGITS)}")
     x_adv = attack(model, x, y, spec or AttackSpec("pgd", steps=7, random_start=True),
                    train_mode=craft_bn_mode == "train", check_range=False,  # loader batches: no sync per step
                    logits_of=model.training_logits if craft_logits == "training" else None)
