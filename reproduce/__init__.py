@@ -1,12 +1,21 @@
-"""Reproduction of 'Learning Discriminative Features for Adversarial Robustness' (Hosler et al.)."""
-from .attacks import AttackSpec, attack, table1_specs
+"""Reproduction of 'Learning Discriminative Features for Adversarial Robustness' (Hosler et al.).
+
+    from reproduce import start, tables, TABLE1
+    run = start("smoke", "fashion-mnist")        # the run context: profile, dataset, store, device, folders
+    cells, flags = tables.compute(run, TABLE1)   # Table I from the store (train first: notebook 02)
+"""
+from . import tables
+from .attacks import AttackSpec, attack
 from .config import PROFILES, Experiment, get_profile, make_experiment
+from .context import Run, start
 from .data import DatasetMissing, load_dataset
 from .losses import LOSSES, make_loss
 from .models import Classifier, ResNet18, SmallCNN, build_model
+from .protocol import TABLE1, TABLE2, TABLE3, TABLE4, TABLES
 from .store import CheckpointError, RunStore
 from .training import train
 
-__all__ = ["AttackSpec", "attack", "table1_specs", "PROFILES", "Experiment", "get_profile", "make_experiment",
+__all__ = ["AttackSpec", "attack", "PROFILES", "Experiment", "get_profile", "make_experiment", "Run", "start",
            "DatasetMissing", "load_dataset", "LOSSES", "make_loss", "Classifier", "ResNet18", "SmallCNN",
-           "build_model", "CheckpointError", "RunStore", "train"]
+           "build_model", "TABLE1", "TABLE2", "TABLE3", "TABLE4", "TABLES", "CheckpointError", "RunStore",
+           "train", "tables"]

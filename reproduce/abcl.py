@@ -1,12 +1,13 @@
 """The ablations of the ABCL appendix (A to D). The HT-SCE and AB losses are reconstructions: see
 losses.HypersphereLoss and the README for which choices are guesses and which parameter sets each.
 
-Each function trains what it needs through the grid (so the store caches it), writes its figure and
-a CSV of every number behind it into `out_dir`, and returns the numbers as a DataFrame.
+Each function takes the run context first, trains what it needs (the store caches it), writes its figure
+and a CSV of every number behind it into the run's output folder, and returns the numbers. Notebook 01's
+2-d embedding figure is here too: it trains the same small CNN.
 """
 from __future__ import annotations
 
-from pathlib import Path
+import dataclasses
 
 import numpy as np
 import pandas as pd
@@ -14,10 +15,9 @@ import torch
 
 from . import figures
 from .attacks import AttackSpec
-from .config import get_profile, make_experiment
-from .data import load_dataset
 from .evaluation import evaluate_columns
-from .grid import train_all
+from .executors import train_all
+from .geometry import embeddings, sample, tsne
 from .losses import loss_recipe
 from .protocol import APPENDIX_COLUMNS
 from .stats import wilson_interval
@@ -28,12 +28,11 @@ MNIST_BIM = AttackSpec("bim", eps=0.3, step=0.03, steps=10, label="BIM L-inf (ep
 MNIST_FGSM_L2 = AttackSpec("fgsm", eps=2.0, step=2.0, norm="l2", label="FGSM L2 (eps 2.0)")
 
 
-def small_cnn_experiment(loss, profile, dataset, embedding_dim, loss_params=None, epochs=None, **overrides):
+def small_cnn_experiment(run, loss, embedding_dim, loss_params=None, epochs=None, **overrides):
     """The small CNN of the 2-d and 10-d figures: SGD at 0.05 without augmentation, or the loss's recipe."""
-    prof = get_profile(profile)
     settings = dict({} if loss_recipe(loss) else {"lr": 0.05}, augment=False, **overrides)
-    return make_experiment(loss, "UM", prof, dataset, model="smallcnn", embedding_dim=embedding_dim,
-                           loss_params=loss_params, epochs=epochs or min(prof.epochs, 10), **settings)
+    return run.experiment(loss, "UM", model="smallcnn", embedding_dim=embedding_dim, loss_params=loss_params,
+                          epochs=epochs or min(run.profile.epochs, 10), **settings)
 
 
 # In two dimensions ten classes leave 36 degrees each: a cosine margin of 0.2 does not fit, and SGD
@@ -47,36 +46,50 @@ PLANE_SETTINGS = {
 }
 
 
-def plane_experiment(loss, profile, dataset, train_limit: int | None = 10000, epochs: int = PLANE_EPOCHS,
-                     **loss_params):
+def plane_experiment(run, loss, train_limit: int | None = 10000, epochs: int = PLANE_EPOCHS, **loss_params):
     """The small CNN with a 2-d embedding, trained under `loss` with the plane's settings (notebook 01's
     figure, Appendix A); `loss_params` override the plane's."""
     settings = dict(PLANE_SETTINGS.get(loss, {}))
     params = dict(settings.pop("loss_params", {}), **loss_params)
-    return small_cnn_experiment(loss, profile, dataset, 2, params or None, epochs=epochs, train_limit=train_limit,
-                                **settings)
+    return small_cnn_experiment(run, loss, 2, params or None, epochs=epochs, train_limit=train_limit, **settings)
 
 
-def _sample(images, labels, n, seed=0):
-    idx = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))[:n]
-    return images[idx], labels[idx]
+def fig_losses_2d(run, losses, epochs: int = PLANE_EPOCHS, train_limit: int | None = 10000, n_points: int = 2000):
+    """Train the small CNN with a 2-d embedding under each loss and plot the test embeddings; each panel
+    names the settings that differ from the loss's defaults. Returns the figure and {loss: accuracy}."""
+    exps = [plane_experiment(run, loss, train_limit, epochs) for loss in losses]
+    runs = train_all(run, exps)
+    x, y = sample(run.data.x_test, run.data.y_test, n_points)
+    panels, accuracy = {}, {}
+    for exp, trained in runs.items():
+        if trained.model is None:
+            continue
+        emb, pred = embeddings(trained.model, x, y)
+        accuracy[exp.loss] = round(float(100 * (pred == y.numpy()).mean()), 2)
+        settings = ", ".join([f"{k}={v:g}" for k, v in exp.changed_params.items()] +
+                             ([f"{exp.optimizer} lr {exp.lr:g}"] if exp.loss in PLANE_SETTINGS else []))
+        panels[f"{exp.loss} ({accuracy[exp.loss]:.0f}% test acc.)" + (f"\n{settings}" if settings else "")] = \
+            (emb, y.numpy())
+    fig = figures.scatter_panels(panels, run.data.classes, run.out_dir / "fig_losses_2d_embeddings.png", ncols=4,
+                                 profile=run.profile.name,
+                                 suptitle=f"2-d embeddings of {run.dataset} test images, one per loss "
+                                          f"({epochs} epochs)")
+    return fig, accuracy
 
 
-def feature_norm(dataset, profile, store, out_dir, scale: float = 4.0, n_points: int = 2000, device=None,
-                 data_root=None) -> pd.DataFrame:
+def feature_norm(run, scale: float = 4.0, n_points: int = 2000) -> pd.DataFrame:
     """Appendix A: CosFace with 2-d features, the scale left to the feature norm (free) or fixed to s.
     Errors should gather near the origin when the norm is free."""
     variants = {"free norm (scale = ||f||)": None, f"fixed norm (scale s = {scale:g})": scale}
-    train_limit = get_profile(profile).train_limit
-    exps = {name: plane_experiment("CosFace", profile, dataset, train_limit, s=s) for name, s in variants.items()}
-    runs = train_all(list(exps.values()), store, device=device, data_root=data_root)
-    data = load_dataset(dataset, data_root)
+    exps = {name: plane_experiment(run, "CosFace", run.profile.train_limit, s=s) for name, s in variants.items()}
+    runs = train_all(run, list(exps.values()))
+    data = run.data
     panels, marks, rows = {}, {}, []
     for name, exp in exps.items():
         model = runs[exp].model
-        for part, (x, y) in (("train", _sample(data.x_train, data.y_train, n_points)),
-                             ("test", _sample(data.x_test, data.y_test, n_points))):
-            emb, pred = figures.embeddings(model, x, y)
+        for part, (x, y) in (("train", sample(data.x_train, data.y_train, n_points)),
+                             ("test", sample(data.x_test, data.y_test, n_points))):
+            emb, pred = embeddings(model, x, y)
             wrong = pred != y.numpy()
             norms = np.linalg.norm(emb, axis=1)
             rows.append({"model": name, "part": part, "accuracy": 100 * (1 - wrong.mean()),
@@ -87,10 +100,10 @@ def feature_norm(dataset, profile, store, out_dir, scale: float = 4.0, n_points:
                      f"wrong {r['mean_norm_misclassified']:.2f}")
             panels[title], marks[title] = (emb, y.numpy()), wrong
     df = pd.DataFrame(rows)
-    df.to_csv(Path(out_dir) / "appendix_a_feature_norm.csv", index=False, float_format="%.4f")
-    figures.scatter_panels(panels, data.classes, Path(out_dir) / "appendix_a_feature_norm.png", ncols=2,
-                           profile=get_profile(profile).name, mark=marks,
-                           suptitle=f"Appendix A: 2-d CosFace features on {dataset} (crosses: misclassified)")
+    df.to_csv(run.out_dir / "appendix_a_feature_norm.csv", index=False, float_format="%.4f")
+    figures.scatter_panels(panels, data.classes, run.out_dir / "appendix_a_feature_norm.png", ncols=2,
+                           profile=run.profile.name, mark=marks,
+                           suptitle=f"Appendix A: 2-d CosFace features on {run.dataset} (crosses: misclassified)")
     return df
 
 
@@ -100,7 +113,7 @@ COLUMNS = [c.key for c in APPENDIX_COLUMNS]
 def recipes(profile) -> dict:
     """The training recipes tried for HT-SCE+AB at (k1, k2) = (512, 64): {name: experiment overrides}.
     The last is the one `HypersphereLoss.RECIPE` and `intra_moves_weights=False` make the default."""
-    lr = get_profile(profile).lr
+    lr = profile.lr
     moves = {"intra_moves_weights": True}
     return {
         f"SGD, lr {lr:g}, L_I moves the class weights": dict(optimizer="sgd", lr=lr, loss_params=moves),
@@ -111,68 +124,59 @@ def recipes(profile) -> dict:
     }
 
 
-def recipe_search(dataset, profile, store, out_dir, device=None, data_root=None) -> pd.DataFrame:
+def recipe_search(run) -> pd.DataFrame:
     """HT-SCE+AB (512, 64) under each recipe of `recipes`: clean and attacked accuracy, and the two AB
     terms' state at the end (L_O near 1 means the class weights collapsed onto one direction)."""
-    prof = get_profile(profile)
-    exps = {(name,): make_experiment("HT-SCE+AB", "UM", prof, dataset, **settings)
-            for name, settings in recipes(prof).items()}
-    df = _evaluate_grid(exps, prof, store, device, data_root, dataset, ("recipe",))
-    df["inter_class_max_cos"] = [_inter_term(store, exp, device) for exp in exps.values()]
-    df.to_csv(Path(out_dir) / "appendix_recipe_search.csv", index=False, float_format="%.3f")
+    exps = {(name,): run.experiment("HT-SCE+AB", "UM", **settings) for name, settings in recipes(run.profile).items()}
+    df = _evaluate_grid(run, exps, ("recipe",))
+    df["inter_class_max_cos"] = [_inter_term(run, exp) for exp in exps.values()]
+    df.to_csv(run.out_dir / "appendix_recipe_search.csv", index=False, float_format="%.3f")
     return df
 
 
-def _inter_term(store, exp, device):
+def _inter_term(run, exp):
     """L_O of a trained run: the mean over classes of the largest cosine to another class weight."""
-    from .training import load_trained
-
-    if not store.is_done(exp) or store.result(exp)["status"] != "finished":
+    if not run.finished(exp):
         return np.nan
     with torch.no_grad():
-        return float(load_trained(exp, store, device).criterion.inter_term())
+        return float(run.model(exp).criterion.inter_term())
 
 
-def k1k2_grid(dataset, profile, store, out_dir, k1_values=(0, 64, 512), k2_values=(0, 8, 64), defense="UM",
-              device=None, data_root=None) -> pd.DataFrame:
+def k1k2_grid(run, k1_values=(0, 64, 512), k2_values=(0, 8, 64), defense="UM") -> pd.DataFrame:
     """Appendix B: HT-SCE+AB over a grid of (k1, k2), every cell with the same recipe, clean and under
     each attack; a heatmap per attack."""
-    prof = get_profile(profile)
-    exps = {(k1, k2): make_experiment("HT-SCE+AB", defense, prof, dataset, objectives="paper",
-                                      loss_params={"k1": float(k1), "k2": float(k2)})
+    paper = dataclasses.replace(run, objectives="paper")
+    exps = {(k1, k2): paper.experiment("HT-SCE+AB", defense, loss_params={"k1": float(k1), "k2": float(k2)})
             for k1 in k1_values for k2 in k2_values}
-    df = _evaluate_grid(exps, prof, store, device, data_root, dataset, ("k1", "k2"))
-    df.to_csv(Path(out_dir) / "appendix_b_k1k2_grid.csv", index=False, float_format="%.2f")
+    df = _evaluate_grid(run, exps, ("k1", "k2"))
+    df.to_csv(run.out_dir / "appendix_b_k1k2_grid.csv", index=False, float_format="%.2f")
     fig, axes = figures.plt.subplots(1, len(COLUMNS), figsize=(4.2 * len(COLUMNS), 3.6))
     for ax, col in zip(axes, COLUMNS):
         pivot = df.pivot(index="k1", columns="k2", values=col)
         figures.heatmap(pivot, ax=ax, title=col, xlabel="k2 (weight of L_O)", ylabel="k1 (weight of L_I)",
                         vmin=0, vmax=100)
-    fig.suptitle(f"Appendix B: HT-SCE+AB ({defense}) accuracy (%) on {dataset}; (0, 0) is plain HT-SCE")
+    fig.suptitle(f"Appendix B: HT-SCE+AB ({defense}) accuracy (%) on {run.dataset}; (0, 0) is plain HT-SCE")
     fig.tight_layout()
-    figures.stamp(fig, prof.name)
-    figures.save(fig, Path(out_dir) / "appendix_b_k1k2_grid.png")
+    figures.stamp(fig, run.profile.name)
+    figures.save(fig, run.out_dir / "appendix_b_k1k2_grid.png")
     return df
 
 
 SCALE_SWEEP_LOSSES = {"HT-SCE": ("HT-SCE", {}), "HT-SCE+AB (512, 64)": ("HT-SCE+AB", {})}
 
 
-def scale_sweep(dataset, profile, store, out_dir, scales=tuple(range(1, 11)), losses=None, defense="UM",
-                device=None, data_root=None) -> pd.DataFrame:
+def scale_sweep(run, scales=tuple(range(1, 11)), losses=None, defense="UM") -> pd.DataFrame:
     """Appendix C: accuracy against the scale s, for plain HT-SCE and HT-SCE+AB: a panel per column
     (clean and each attack), a line per loss."""
-    prof = get_profile(profile)
-    losses = losses or SCALE_SWEEP_LOSSES
-    exps = {(name, s): make_experiment(loss, defense, prof, dataset, objectives="paper",
-                                       loss_params=dict(params, s=float(s)))
-            for name, (loss, params) in losses.items() for s in scales}
-    df = _evaluate_grid(exps, prof, store, device, data_root, dataset, ("loss", "s"))
-    df.to_csv(Path(out_dir) / "appendix_c_scale_sweep.csv", index=False, float_format="%.2f")
+    paper = dataclasses.replace(run, objectives="paper")
+    exps = {(name, s): paper.experiment(loss, defense, loss_params=dict(params, s=float(s)))
+            for name, (loss, params) in (losses or SCALE_SWEEP_LOSSES).items() for s in scales}
+    df = _evaluate_grid(run, exps, ("loss", "s"))
+    df.to_csv(run.out_dir / "appendix_c_scale_sweep.csv", index=False, float_format="%.2f")
     long = df.melt(id_vars=["loss", "s"], value_vars=COLUMNS, var_name="column", value_name="accuracy")
-    figures.curve_panels(long, "s", "column", "loss", Path(out_dir) / "appendix_c_scale_sweep.png",
-                         x_label="scale s", profile=prof.name,
-                         title=f"Appendix C: accuracy (%) against the scale s ({defense}, {dataset})")
+    figures.curve_panels(long, "s", "column", "loss", run.out_dir / "appendix_c_scale_sweep.png",
+                         x_label="scale s", profile=run.profile.name,
+                         title=f"Appendix C: accuracy (%) against the scale s ({defense}, {run.dataset})")
     return df
 
 
@@ -209,46 +213,46 @@ def claims(grid_b: pd.DataFrame, sweep_c: pd.DataFrame, n_images: int | None = N
     return lines
 
 
-def _evaluate_grid(exps: dict, prof, store, device, data_root, dataset, key_names) -> pd.DataFrame:
-    runs = train_all(list(exps.values()), store, device=device, data_root=data_root)
-    data = load_dataset(dataset, data_root)
-    x, y = data.test_images(prof.test_limit)
-    specs = [s for s in (c.spec(prof) for c in APPENDIX_COLUMNS) if s is not None]
+def _evaluate_grid(run, exps: dict, key_names) -> pd.DataFrame:
+    """Train {key: experiment} and evaluate each on the appendix's columns: a row per key."""
+    runs = train_all(run, list(exps.values()))
+    x, y = run.test_images()
+    specs = [s for s in (c.spec(run.profile) for c in APPENDIX_COLUMNS) if s is not None]
     rows = []
     for key, exp in exps.items():
-        run = runs[exp]
+        trained = runs[exp]
         row = dict(zip(key_names, key))
-        if run.model is None:
+        if trained.model is None:
             row.update({c: np.nan for c in COLUMNS}, status="diverged")
         else:
-            row.update(evaluate_columns(exp, run.model, x, y, specs, store), status="finished")
+            row.update(evaluate_columns(exp, trained.model, x, y, specs, run.store, progress=run.progress),
+                       status="finished")
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def tsne_grid(dataset, profile, store, out_dir, n_points: int = 1000, device=None, data_root=None) -> pd.DataFrame:
+def tsne_grid(run, n_points: int = 1000) -> pd.DataFrame:
     """Appendix D: t-SNE of 10-d small-CNN features, rows SCE / CosFace / HT-SCE+AB, columns train, test,
     BIM (L-inf) and FGSM (L2) adversarial test images, coloured by true class."""
-    prof = get_profile(profile)
     rows = {"SCE": "SM", "CosFace": "CosFace", "HT-SCE+AB": "HT-SCE+AB"}
-    exps = {name: small_cnn_experiment(loss, prof, dataset, 10) for name, loss in rows.items()}
-    runs = train_all(list(exps.values()), store, device=device, data_root=data_root)
-    data = load_dataset(dataset, data_root)
-    train_xy = _sample(data.x_train, data.y_train, n_points)
-    test_xy = _sample(data.x_test, data.y_test, n_points)
+    exps = {name: small_cnn_experiment(run, loss, 10) for name, loss in rows.items()}
+    runs = train_all(run, list(exps.values()))
+    data = run.data
+    train_xy = sample(data.x_train, data.y_train, n_points)
+    test_xy = sample(data.x_test, data.y_test, n_points)
     columns = (("train", train_xy, None), ("test", test_xy, None), (MNIST_BIM.label, test_xy, MNIST_BIM),
                (MNIST_FGSM_L2.label, test_xy, MNIST_FGSM_L2))
     panels, records = {}, []
     for name, exp in exps.items():
         model = runs[exp].model
         for col, (x, y), spec in columns:
-            emb, pred = figures.embeddings(model, x, y, spec)
+            emb, pred = embeddings(model, x, y, spec)
             acc = 100 * (pred == y.numpy()).mean()
-            panels[f"{name}: {col}\n(accuracy {acc:.0f}%)"] = (figures.tsne(emb), y.numpy())
+            panels[f"{name}: {col}\n(accuracy {acc:.0f}%)"] = (tsne(emb), y.numpy())
             records.append({"loss": name, "images": col, "accuracy": acc})
     df = pd.DataFrame(records)
-    df.to_csv(Path(out_dir) / "appendix_d_tsne_mnist.csv", index=False, float_format="%.2f")
-    figures.scatter_panels(panels, data.classes, Path(out_dir) / "appendix_d_tsne_mnist.png", ncols=4,
-                           profile=prof.name, colour_title="true class",
-                           suptitle=f"Appendix D: t-SNE of 10-d features on {dataset}")
+    df.to_csv(run.out_dir / "appendix_d_tsne_mnist.csv", index=False, float_format="%.2f")
+    figures.scatter_panels(panels, data.classes, run.out_dir / "appendix_d_tsne_mnist.png", ncols=4,
+                           profile=run.profile.name, colour_title="true class",
+                           suptitle=f"Appendix D: t-SNE of 10-d features on {run.dataset}")
     return df

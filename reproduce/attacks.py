@@ -50,7 +50,7 @@ class AttackSpec:
         if self.steps is None:
             if self.name in ITERATIVE:
                 raise ValueError(f"AttackSpec({self.name!r}) needs steps=, e.g. steps=7 or steps=20 as in the "
-                                 f"paper's Table I (table1_specs() gives every column of it)")
+                                 f"paper's Table I (protocol.WHITE_BOX_COLUMNS holds every column of it)")
             object.__setattr__(self, "steps", 100 if self.name == "autoattack" else 1)
         if self.random_start is None:
             object.__setattr__(self, "random_start", self.name == "pgd")
@@ -68,23 +68,6 @@ class AttackSpec:
     @property
     def column(self) -> str:
         return self.label or self.name
-
-
-def table1_specs(restarts: int = 20, mim_steps: int = 40, eps: float = EPS, step: float = STEP,
-                 autoattack: str | None = None) -> list[AttackSpec]:
-    """The attack columns of Table I (a profile may lower restarts, MIM steps and the AutoAttack
-    budget); with `autoattack` ("standard" or "apgd") the AA column follows the paper's six."""
-    specs = [
-        AttackSpec("fgsm", eps=eps, step=eps, label="fgsm"),
-        AttackSpec("bim", eps=eps, step=step, steps=7, label="bim7"),
-        AttackSpec("pgd", eps=eps, step=step, steps=7, random_start=True, label="pgd7"),
-        AttackSpec("pgd", eps=eps, step=step, steps=20, random_start=True, label="pgd20"),
-        AttackSpec("pgd", eps=eps, step=step, steps=20, random_start=True, restarts=restarts, label="pgd20x20"),
-        AttackSpec("mim", eps=eps, step=step, steps=mim_steps, label="mim40"),
-    ]
-    if autoattack:
-        specs.append(AttackSpec("autoattack", eps=eps, version=autoattack, label="aa"))
-    return specs
 
 
 @contextlib.contextmanager
@@ -311,3 +294,7 @@ def attack_all_restarts(model, x, y, spec: AttackSpec, stop_when_broken: bool = 
             x_adv[newly] = candidate[newly]
             alive &= ~newly
         return x_adv.detach()
+
+
+# Table I's PGD-7, also what validates AT / ALP models (the authors' softmax script) and the eps curve.
+PGD7 = AttackSpec("pgd", eps=EPS, step=STEP, steps=7, random_start=True, label="pgd7")

@@ -15,10 +15,11 @@ import torch
 
 from .attacks import AttackSpec, attack, attack_all_restarts
 from .config import make_experiment
-from .data import DeviceLoader
 from .defenses import crafting_spec, defense_loss
+from .devices import autocast, native_bf16, resolve_device
+from .evaluation import accuracy
+from .loader import DeviceLoader
 from .models import build_model
-from .training import autocast, native_bf16, resolve_device
 
 
 class Timer:
@@ -163,8 +164,8 @@ def run_benchmarks(device=None, smoke: bool = False, json_path: str | Path | Non
     results["pgd_ours_all_steps_img_s"] = rates["ours_all_steps"]
     results["pgd_all_steps_speedup_vs_torchattacks"] = rates["ours_all_steps"] / rates["torchattacks"]
     torch.manual_seed(0)
-    results["pgd_ours_acc"] = _acc(um, attack(um, xs, ys, spec, stop_when_broken=True), ys)
-    results["pgd_torchattacks_acc"] = _acc(um, ta(xs, ys), ys)
+    results["pgd_ours_acc"] = accuracy(um, attack(um, xs, ys, spec, stop_when_broken=True), ys)
+    results["pgd_torchattacks_acc"] = accuracy(um, ta(xs, ys), ys)
     results["pgd_speedup_vs_torchattacks"] = results["pgd_ours_img_s"] / results["pgd_torchattacks_img_s"]
 
     # 4. 20PGD: survivors only vs every restart on every example (the same UM model; no early stop on
@@ -176,11 +177,11 @@ def run_benchmarks(device=None, smoke: bool = False, json_path: str | Path | Non
 
     def survivors():
         torch.manual_seed(0)
-        accs["survivors"] = _acc(um, attack(um, xr, yr, restarts), yr)
+        accs["survivors"] = accuracy(um, attack(um, xr, yr, restarts), yr)
 
     def everything():
         torch.manual_seed(0)
-        accs["all"] = _acc(um, attack_all_restarts(um, xr, yr, restarts), yr)
+        accs["all"] = accuracy(um, attack_all_restarts(um, xr, yr, restarts), yr)
 
     rates = interleaved_rates({"survivors": (survivors, len(xr)), "all": (everything, len(xr))}, device, repeats)
     results["restarts_survivors_img_s"], results["restarts_all_img_s"] = rates["survivors"], rates["all"]
@@ -225,11 +226,6 @@ def run_benchmarks(device=None, smoke: bool = False, json_path: str | Path | Non
     return results
 
 
-def _acc(model, x, y) -> float:
-    with torch.no_grad():
-        return 100 * (model(x).argmax(1) == y).float().mean().item()
-
-
 def _learnable_batch(device, n):
     """Random CIFAR-shaped images carrying a faint class pattern (amplitude 6/255): a model learns them
     in a few dozen steps, and an 8/255 attack can break it, as on real data."""
@@ -257,11 +253,11 @@ def _bf16_attack_check(device, x, y) -> dict:
     model = _quick_um_model(device, x, y)
     spec = AttackSpec("pgd", steps=20, random_start=True)
     torch.manual_seed(0)
-    fp32 = _acc(model, attack(model, x, y, spec), y)
+    fp32 = accuracy(model, attack(model, x, y, spec), y)
     torch.manual_seed(0)
     with autocast(device):
         adv = attack(model, x, y, spec)
-    bf16 = _acc(model, adv, y)
+    bf16 = accuracy(model, adv, y)
     return {"pgd20_acc_fp32": fp32, "pgd20_acc_bf16": bf16, "bf16_attack_gap_points": bf16 - fp32}
 
 
@@ -281,74 +277,3 @@ def format_results(results: dict) -> str:
         verdict = "" if target is None else f">= {target} {'met' if v >= target else 'NOT met'}"
         lines.append(f"| {k} | {shown} | {verdict} |")
     return "\n".join(lines)
-
-
-# --------------------------------------------------------------- planning a profile's compute
-
-# The notebook that trains a group's models (Table I's are evaluated in 03; its rows say so).
-NOTEBOOK_OF_GROUP = {"Table I": "02", "surrogates": "02", "Tables II-III": "04", "Table IV": "05", "appendix": "06"}
-
-
-def plan(profile_name: str, dataset: str = "cifar10", rates: dict | None = None) -> tuple[list[dict], float | None]:
-    """Every experiment and evaluation the profile runs, with its cost in image passes and, given measured
-    rates, in device seconds.
-
-    Cost model: one image pass is the forward and backward pass of one image, what one clean training
-    step or one attack step costs per image; AT costs (1 + crafting steps) passes per training image,
-    ALP (2 + steps). `rates` is the JSON of `bench` run on the target device: its `um_epoch_img_s` (image
-    passes per second) must be measured at the profile's width, else the estimate would be off by the
-    ratio of the two networks' costs. Returns the rows and the total seconds (None without rates).
-    """
-    from .abcl import SCALE_SWEEP_LOSSES
-    from .config import get_profile
-    from .evaluation import EPS_SWEEP
-    from .grid import surrogate_experiments, table1_experiments, table4_experiments
-    from .protocol import APPENDIX_COLUMNS, ITERATION_SWEEP, TABLE1, TABLE2, TABLE3, TABLE4
-    from .protocol import passes as attack_passes
-
-    prof = get_profile(profile_name)
-    rate = None
-    if rates is not None:
-        rate = rates.get("um_epoch_img_s")
-        if rate is None:
-            raise ValueError("the bench JSON has no um_epoch_img_s: write it with `python -m reproduce bench --json`")
-        if rates.get("model_width", prof.width) != prof.width:
-            raise ValueError(f"the bench measured a width-{rates['model_width']} network but profile {prof.name} "
-                             f"trains width {prof.width}: run `python -m reproduce bench --json` on the device the "
-                             f"profile is meant for (a GPU bench measures width 64)")
-    sizes = {"cifar10": (45_000, 10_000), "fashion-mnist": (55_000, 10_000), "mnist": (55_000, 10_000)}
-    n_train, n_test = sizes[dataset]
-    n_test = min(n_test, prof.test_limit or n_test)
-    per_image = {"UM": 1, "AT": 8, "ALP": 9}
-    # passes per test image: every column of Table I (protocol.passes) plus the PGD-7 runs of the eps curve
-    eval_passes = sum(attack_passes(c.spec(prof)) for c in TABLE1.columns) + 7 * len(EPS_SWEEP)
-    rows, seen = [], set()
-    groups = (("Table I", table1_experiments(prof, dataset)), ("surrogates", surrogate_experiments(prof, dataset)),
-              ("Table IV", table4_experiments(prof, dataset)))
-    for group, exps in groups:
-        for e in exps:
-            if e.key in seen:
-                continue
-            seen.add(e.key)
-            passes = min(n_train, e.train_limit or n_train) * e.epochs * per_image[e.defense]
-            rows.append({"what": f"train {e.label} {e.changed_params or ''}".strip(), "group": group,
-                         "passes": passes})
-    for e in table1_experiments(prof, dataset):
-        rows.append({"what": f"evaluate {e.label} (Table I + eps curve)", "group": "Table I",
-                     "notebook": "03", "passes": n_test * eval_passes})
-    rows.append({"what": "robustness against PGD iterations, 4 models", "group": "Table I",
-                 "notebook": "03", "passes": prof.seeds * 4 * n_test * sum(ITERATION_SWEEP)})
-    # black box: every 20PGD restart is crafted in full on the surrogate (Table III's scoring)
-    crafting = sum(spec.steps * spec.restarts for spec in (TABLE2.attack.spec(prof), TABLE3.attack.spec(prof)))
-    rows.append({"what": "black-box crafting, 5 surrogates x (FGSM + 20PGD)", "group": "Tables II-III",
-                 "passes": prof.seeds * 5 * n_test * crafting})
-    rows.append({"what": "Table IV PGD-7 evaluations", "group": "Table IV",
-                 "passes": prof.seeds * 20 * n_test * (1 + attack_passes(TABLE4.attack.spec(prof)))})
-    appendix = 9 + 10 * len(SCALE_SWEEP_LOSSES) + 5  # (k1, k2) grid, scale sweep, recipe search: UM ResNets
-    per_cell = sum(attack_passes(c.spec(prof)) for c in APPENDIX_COLUMNS)
-    rows.append({"what": f"appendix B/C: {appendix} UM models + evaluation", "group": "appendix",
-                 "passes": appendix * (min(n_train, prof.train_limit or n_train) * prof.epochs + n_test * per_cell)})
-    for r in rows:
-        r.setdefault("notebook", NOTEBOOK_OF_GROUP[r["group"]])
-        r["seconds"] = r["passes"] / rate if rate else None
-    return rows, (sum(r["seconds"] for r in rows) if rate else None)

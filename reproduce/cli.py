@@ -12,9 +12,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .config import DEFENSES, OBJECTIVES, OPTIMIZERS, default_profile_name
+from .config import DEFENSES, OBJECTIVES, OPTIMIZERS
 from .data import DATASETS
 from .losses import LOSSES
+from .protocol import TABLES
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -22,8 +23,10 @@ def _common(p: argparse.ArgumentParser) -> None:
                                                    "colab in Colab, quick with CUDA and smoke without)")
     p.add_argument("--dataset", default="cifar10", choices=DATASETS)
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
-    p.add_argument("--runs", default=None, help="run store folder (default: $REPRODUCE_RUNS or ./runs)")
-    p.add_argument("--data", default=None, help="dataset folder (default: $REPRODUCE_DATA or ./data)")
+    p.add_argument("--runs", default=None, help="run store folder (default: $REPRODUCE_RUNS, else runs/ of the "
+                                                "checkout)")
+    p.add_argument("--data", default=None, help="dataset folder (default: $REPRODUCE_DATA, else data/ of the "
+                                                "checkout)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--objectives", default="authors", choices=OBJECTIVES,
                    help="AT / ALP objectives: as the authors' code computed the tables (default) or as the "
@@ -35,11 +38,23 @@ def _budget_option(p: argparse.ArgumentParser) -> None:
                    help="a budget of the profile to change, e.g. --budget epochs=5 --budget test_limit=2000")
 
 
-def _profile(args):
-    """The profile asked for, with its --budget changes (checked by get_profile)."""
-    from .config import get_profile
+def _run(args):
+    """The run context of the command line: profile (with its --budget changes), dataset, objectives,
+    store, device and folders."""
+    from .context import start
 
-    return get_profile(args.profile, **_key_values(args.budget))
+    return start(args.profile, args.dataset, objectives=args.objectives, device=args.device, runs_dir=args.runs,
+                 data_dir=args.data, budgets=_key_values(getattr(args, "budget", None)), progress=not args.quiet,
+                 quiet=True)
+
+
+def _chosen(experiments, only, table: str) -> list:
+    """The experiments whose label is in `only` (all of them without it); an unknown label is an error."""
+    labels = {e.label for e in experiments}
+    unknown = sorted(set(only or []) - labels)
+    if unknown:
+        raise SystemExit(f"error: no {table} model {unknown}; they are {sorted(labels)}")
+    return [e for e in experiments if not only or e.label in only]
 
 
 def _parse_value(text: str):
@@ -62,42 +77,34 @@ def _key_values(items) -> dict:
 
 
 def cmd_train(args) -> int:
-    from .config import make_experiment
-    from .store import RunStore
+    from .evaluation import accuracy
     from .training import train
 
+    run = _run(args)
     overrides = {k: v for k, v in dict(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                                        train_limit=args.train_limit, optimizer=args.optimizer).items()
                  if v is not None}
-    exp = make_experiment(args.loss, args.defense, args.profile, args.dataset, args.seed,
-                          loss_params=_key_values(args.param), objectives=args.objectives, **overrides)
-    store = RunStore(args.runs)
-    print(f"experiment {exp.label} ({exp.profile}, {exp.dataset}) -> {store.run_dir(exp)}")
-    run = train(exp, store, device=args.device, data_root=args.data, progress=not args.quiet)
-    kept = f"kept {run.result['kept_why']}" if run.result.get("kept_why") else "no model kept"
-    print(f"{run.result['status']}: {kept}; run at {run.run_dir}")
-    if run.model is not None and not args.quiet:
-        from .training import clean_accuracy, data_for
-
-        data = data_for(exp, args.data)
-        acc = clean_accuracy(run.model, data.x_test, data.y_test)
-        print(f"test accuracy {acc:.2f}% on {len(data.y_test)} test images")
+    exp = run.experiment(args.loss, args.defense, args.seed, loss_params=_key_values(args.param), **overrides)
+    print(f"experiment {exp.label} ({exp.profile}, {exp.dataset}) -> {run.store.run_dir(exp)}")
+    trained = train(exp, run.store, data=run.data_root, device=run.device, progress=run.progress)
+    kept = f"kept {trained.result['kept_why']}" if trained.result.get("kept_why") else "no model kept"
+    print(f"{trained.result['status']}: {kept}; run at {trained.run_dir}")
+    if trained.model is not None and run.progress:
+        acc = accuracy(trained.model, run.data.x_test, run.data.y_test)
+        print(f"test accuracy {acc:.2f}% on {len(run.data.y_test)} test images")
     return 0
 
 
 def cmd_grid(args) -> int:
     from .executors import run_grid
-    from .grid import experiments_for
-    from .store import RunStore
 
-    store = RunStore(args.runs)
-    exps = experiments_for(args.table, _profile(args), args.dataset, objectives=args.objectives)
+    run = _run(args)
+    exps = _chosen(TABLES[args.table].experiments(run), args.only, args.table)
     slurm = {k: v for k, v in dict(slurm_partition=args.slurm_partition, timeout_min=args.slurm_time,
                                    gpus_per_node=args.slurm_gpus).items() if v is not None}
     gpus = [int(g) for g in args.gpus.split(",")] if args.gpus else []
-    runs = run_grid(exps, store, executor=args.executor, workers=args.workers, gpus=gpus,
-                    workers_per_gpu=args.workers_per_gpu, device=args.device, data_root=args.data, slurm=slurm,
-                    progress=not args.quiet)
+    runs = run_grid(run, exps, executor=args.executor, workers=args.workers, gpus=gpus,
+                    workers_per_gpu=args.workers_per_gpu, slurm=slurm)
     for exp, run in runs.items():
         acc = run.result["kept_val_acc"]
         shown = f"{acc:.2f}" if acc is not None else "-"
@@ -110,28 +117,20 @@ def cmd_table1(args) -> int:
     from pathlib import Path
 
     from . import claims
-    from .data import load_dataset
-    from .grid import table1_experiments, train_all
-    from .store import RunStore
-    from .tables import table1, table1_notes, write_table
+    from .executors import train_all
+    from .protocol import TABLE1
+    from .tables import compute, notes, write_table
 
-    profile = _profile(args)
-    experiments = table1_experiments(profile, args.dataset, objectives=args.objectives)
-    labels = {e.label for e in experiments}
-    unknown = sorted(set(args.only or []) - labels)
-    if unknown:
-        raise SystemExit(f"error: no Table I model {unknown}; they are {sorted(labels)}")
-    chosen = [e for e in experiments if not args.only or e.label in args.only]
-    store = RunStore(args.runs)
+    run = _run(args)
+    chosen = _chosen(TABLE1.experiments(run), args.only, "Table I")
     if args.train:
-        train_all(chosen, store, device=args.device, data_root=args.data, progress=not args.quiet)
-    cells, flags = table1(profile, args.dataset, load_dataset(args.dataset, args.data), store, device=args.device,
-                          progress=not args.quiet, objectives=args.objectives, scoring=args.scoring)
+        train_all(run, chosen)
+    cells, flags = compute(run, TABLE1, scoring=args.scoring)
     shown = {e.label for e in chosen}
     cells = cells[cells["row"].isin(shown)]
     out = Path(args.out)
-    print(write_table(cells, "table1", out, args.dataset,
-                      notes=table1_notes({k: v for k, v in flags.items() if k in shown}, profile, args.scoring)))
+    print(write_table(cells, TABLE1, out, args.dataset,
+                      notes=notes(run, TABLE1, {k: v for k, v in flags.items() if k in shown}, args.scoring)))
     print(claims.write(claims.table1(cells), out, "table1"))
     print(f"written to {out}")
     return 0
@@ -140,8 +139,8 @@ def cmd_table1(args) -> int:
 def cmd_run(args) -> int:
     from .runner import run_notebooks
 
-    return run_notebooks(args.profile_arg, args.dataset, device=args.device, runs_dir=args.runs or "runs",
-                         data_dir=args.data or "data", figures_dir=args.figures, only=args.only,
+    return run_notebooks(args.profile, args.dataset, device=args.device, runs_dir=args.runs,
+                         data_dir=args.data, figures_dir=args.figures, only=args.only,
                          objectives=args.objectives, quiet=args.quiet,
                          profile_overrides=_key_values(args.budget))
 
@@ -161,10 +160,12 @@ def cmd_plan(args) -> int:
 
     if not args.hours > 0:
         raise SystemExit(f"error: --hours must be above 0; got {args.hours}")
-    from .bench import plan
+    from .context import Run
+    from .plan import plan
 
     rates = json.loads(open(args.bench).read()) if args.bench else None
-    rows, total = plan(args.profile, args.dataset, rates)
+    run = Run(args.profile, args.dataset)
+    rows, total = plan(run, rates)
     for r in rows:
         cost = f"{r['seconds'] / 60:8.1f} min" if total is not None else f"{r['passes'] / 1e6:8.2f} M"
         print(f"{cost}  {r['group']:13s} {r['what']}")
@@ -174,7 +175,7 @@ def cmd_plan(args) -> int:
         by_notebook[r["notebook"]] = by_notebook.get(r["notebook"], 0) + (r["seconds"] if total else r["passes"])
     print("per notebook: " + ", ".join(f"{nb} {v / 60:.1f} min" if total else f"{nb} {v / 1e6:.2f} M"
                                        for nb, v in sorted(by_notebook.items())) + " (01, small CNNs, not counted)")
-    print(f"{passes / 1e6:8.2f} M    image passes (forward + backward of one image) for profile {args.profile} on "
+    print(f"{passes / 1e6:8.2f} M    image passes (forward + backward of one image) for profile {run.profile.name} on "
           f"{args.dataset}; to finish in {args.hours:g} h a device must sustain "
           f"{passes / (args.hours * 3600):,.0f} image passes per second")
     if total is None:
@@ -202,7 +203,7 @@ def main(argv=None) -> int:
 
     p = sub.add_parser("run", help="run every notebook in order (make reproduce)")
     _common(p)
-    p.add_argument("--figures", default="figures", help="where tables and figures go (default ./figures)")
+    p.add_argument("--figures", default=None, help="where tables and figures go (default: figures/ of the checkout)")
     p.add_argument("--only", nargs="*", help="run only these notebooks (e.g. 03 04)")
     _budget_option(p)
     p.set_defaults(func=cmd_run)
@@ -222,7 +223,8 @@ def main(argv=None) -> int:
 
     p = sub.add_parser("grid", help="train every experiment a table needs")
     _common(p)
-    p.add_argument("--table", required=True, choices=["1", "2", "3", "4", "surrogates"])
+    p.add_argument("--table", required=True, choices=list(TABLES), help="the table whose models to train")
+    p.add_argument("--only", nargs="*", help="only the models with these labels, e.g. SM-UM AAML-AT")
     p.add_argument("--executor", default="none", choices=["none", "local", "slurm"],
                    help="none: this process (default); local: --workers processes here; slurm: a job array")
     p.add_argument("--workers", type=int, default=1, help="worker processes or array tasks (default 1)")
@@ -263,9 +265,6 @@ def main(argv=None) -> int:
     p.set_defaults(func=cmd_set_repository, profile=None)
 
     args = parser.parse_args(argv)
-    args.profile_arg = args.profile  # `run` explains its own default
-    if args.profile is None:
-        args.profile = default_profile_name()
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, RuntimeError) as e:

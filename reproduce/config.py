@@ -58,23 +58,26 @@ PROFILES = {
 }
 
 
-def default_profile_name() -> str:
-    """PROFILE from the environment, else colab in Colab with a GPU, quick with CUDA and smoke without."""
+def default_profile() -> tuple[str, str]:
+    """The profile to use when none is named, and why: PROFILE from the environment, else colab in
+    Colab with a GPU, quick with CUDA and smoke without. The one place this rule lives."""
     name = os.environ.get("PROFILE")
     if name:
-        return name
+        return name, "PROFILE is set"
     import torch
 
     if not torch.cuda.is_available():
-        return "smoke"
-    return "colab" if "google.colab" in sys.modules else "quick"
+        return "smoke", "no CUDA device was found; set PROFILE=smoke|colab|quick|paper to choose"
+    if "google.colab" in sys.modules:
+        return "colab", "a Colab GPU"
+    return "quick", "CUDA is available"
 
 
 def get_profile(name: str | Profile | None = None, **overrides) -> Profile:
     """A profile by name (or as given), with some budgets overridden, e.g. get_profile("smoke", epochs=1)."""
     if isinstance(name, Profile):
         return dataclasses.replace(name, **overrides) if overrides else name
-    name = name or default_profile_name()
+    name = name or default_profile()[0]
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}")
     profile = PROFILES[name]

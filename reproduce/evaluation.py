@@ -18,13 +18,14 @@ import torch
 from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
-from .attacks import AttackSpec, attack, attack_mode, attack_scored
+from .attacks import PGD7, AttackSpec, attack, attack_mode, attack_scored
 from .config import PROTOCOL_VERSION
-from .data import DeviceLoader
+from .devices import autocast
+from .loader import DeviceLoader
 from .store import RunStore, StoreError, read_checked_json, write_checked_json
 
 EPS_SWEEP = (0, 4 / 255, 8 / 255, 16 / 255, 32 / 255, 64 / 255, 128 / 255)
-CURVE_BASE = AttackSpec("pgd", steps=7, random_start=True)  # Table I's PGD-7, scaled to each eps
+CURVE_BASE = PGD7  # Table I's PGD-7, scaled to each eps
 ORDER_TOLERANCE = 1.0  # points: PGD-20 vs PGD-7 and 20PGD vs PGD-20 may differ by sampling noise
 AA_GAP = 10.0  # points: AutoAttack this far below PGD-20 means PGD was fooled by the gradients
 
@@ -38,25 +39,39 @@ def _check_scoring(scoring: str) -> None:
                          "scoring of the last iterate; any_iterate: broken at the first misclassified iterate)")
 
 
+@torch.no_grad()
+def predicts_right(model, x, y, bf16: bool = False) -> torch.Tensor:
+    """Whether the model, in eval mode (then put back in the mode it was in), classifies each image of
+    a batch right; with `bf16`, in bf16 autocast where the device has it natively, as training runs."""
+    with attack_mode(model), autocast(x.device, enabled=bf16):
+        return model(x).argmax(1) == y
+
+
+def accuracy(model, images, labels, *, batch_size: int = 250, bf16: bool = False) -> float:
+    """Clean accuracy in eval mode, in percent, on uint8 or float images (the model's mode is restored)."""
+    device = next(model.parameters()).device
+    correct = torch.zeros((), device=device)
+    for x, y in DeviceLoader(images, labels, batch_size, device=device):
+        correct += predicts_right(model, x, y, bf16).sum()
+    return 100.0 * correct.item() / max(len(labels), 1)
+
+
 def robust_scores(model, images, labels, spec: AttackSpec | None, *, batch_size: int = 250,
                   desc: str | None = None, progress: bool = False) -> dict:
     """{"final": accuracy (percent) at the attack's final iterate, "any_iterate": accuracy counting
     an example as broken at any misclassified iterate}, from one run of `spec` (clean images when spec
     is None: both are the clean accuracy)."""
+    if spec is None:
+        clean = accuracy(model, images, labels, batch_size=batch_size)
+        return {"final": clean, "any_iterate": clean}
     device = next(model.parameters()).device
     final = torch.zeros((), device=device)
     every = torch.zeros((), device=device)
     for x, y in tqdm(DeviceLoader(images, labels, batch_size, device=device), desc=desc, disable=not progress,
                      leave=False):
-        if spec is None:
-            with torch.no_grad(), attack_mode(model):
-                right = model(x).argmax(1) == y
-            final += right.sum()
-            every += right.sum()
-        else:
-            _, right, always = attack_scored(model, x, y, spec)
-            final += right.sum()
-            every += always.sum()
+        _, right, always = attack_scored(model, x, y, spec)
+        final += right.sum()
+        every += always.sum()
     n = max(len(labels), 1)
     return {"final": 100.0 * final.item() / n, "any_iterate": 100.0 * every.item() / n}
 
@@ -74,16 +89,18 @@ def robust_accuracy(model, images, labels, spec: AttackSpec | None, *, scoring: 
     correct = torch.zeros((), device=device)
     for x, y in tqdm(DeviceLoader(images, labels, batch_size, device=device), desc=desc, disable=not progress,
                      leave=False):
-        x = attack(model, x, y, spec, stop_when_broken=True)
-        with torch.no_grad(), attack_mode(model):
-            correct += (model(x).argmax(1) == y).sum()
+        correct += predicts_right(model, attack(model, x, y, spec, stop_when_broken=True), y).sum()
     return 100.0 * correct.item() / max(len(labels), 1)
 
 
-def _cache_name(kind: str, specs, images) -> str:
-    payload = json.dumps([PROTOCOL_VERSION] + [asdict(s) if s is not None else None for s in specs], sort_keys=True)
-    digest = hashlib.sha256(payload.encode() + str((tuple(images.shape), int(images.float().sum()))).encode())
-    return f"{kind}-{digest.hexdigest()[:12]}"
+def cache_name(kind: str, images, **parts) -> str:
+    """The file name of every cached evaluation: its kind and the SHA-256 of what decides it (the test
+    images' shape and pixel sum, the protocol version, and `parts`: attack specs, models), so that a
+    changed definition is computed anew instead of served stale."""
+    payload = dict(parts, kind=kind, test_set=[list(images.shape), int(images.float().sum())],
+                   protocol=PROTOCOL_VERSION)
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return f"{kind}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
 def white_box(model, images, labels, specs: list[AttackSpec], *, progress: bool = True,
@@ -158,7 +175,8 @@ def column_scores(experiment, model, images, labels, specs, store: RunStore | No
     row = {}
     for spec in [None] + list(specs):
         column = "clean" if spec is None else spec.column
-        path = store.eval_path(experiment, _cache_name(f"column-{column}", [spec], images))
+        name = cache_name(f"column-{column}", images, spec=None if spec is None else asdict(spec))
+        path = store.eval_path(experiment, name)
         cached = read_cache(path)
         if cached is None:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -210,7 +228,7 @@ def evaluate_white_box(experiment, model, images, labels, specs, store: RunStore
     row = rows[scoring]
     curve = None
     if with_checks:
-        path = store.eval_path(experiment, _cache_name("eps_curve", [CURVE_BASE], images))
+        path = store.eval_path(experiment, cache_name("eps_curve", images, spec=asdict(CURVE_BASE)))
         cached = read_cache(path)
         if cached is None:
             cached = {"curve": eps_curve(model, images, labels)}
@@ -232,12 +250,6 @@ def craft(model, images, labels, spec: AttackSpec, batch_size: int = 250, progre
     return torch.cat(out)
 
 
-@torch.no_grad()
-def _predicts_right(model, x, y) -> torch.Tensor:
-    with attack_mode(model):
-        return (model(x).argmax(1) == y).cpu()
-
-
 def transfer_correct(surrogate, targets: dict, images, labels, spec: AttackSpec, *, batch_size: int = 250,
                      progress: bool = False, desc: str | None = None) -> dict:
     """{target label: bool per image}: whether the target classifies every adversarial image the
@@ -253,7 +265,7 @@ def transfer_correct(surrogate, targets: dict, images, labels, spec: AttackSpec,
         for _ in range(spec.restarts):
             x_adv = attack(surrogate, x, y, single)
             for t, target in targets.items():
-                survived[t] &= _predicts_right(target, x_adv, y)
+                survived[t] &= predicts_right(target, x_adv, y).cpu()
         for t in targets:
             correct[t].append(survived[t])
     return {t: torch.cat(c) for t, c in correct.items()}

@@ -10,16 +10,36 @@ table cells as one.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
 import torch
 
-from .grid import train_all
 from .store import RunStore
 from .training import train
 
 EXECUTORS = ("none", "local", "slurm")
+
+
+def train_all(run, experiments) -> dict:
+    """Train whatever is not in the store yet, in order, in this process; a diverged run is recorded
+    and the grid goes on. Returns {experiment: TrainedRun}. Each dataset is loaded once; every
+    experiment takes its own slice of it."""
+    datasets, runs = {}, {}
+    for i, exp in enumerate(experiments):
+        done = run.store.is_done(exp)
+        if run.progress:
+            state = "in store" if done else "training"
+            print(f"[{i + 1}/{len(experiments)}] {exp.label} {exp.changed_params or ''} seed {exp.seed} ({state}) "
+                  f"-> {run.store.run_dir(exp)}")
+        data = run.data_root
+        if not done:
+            if exp.dataset not in datasets:
+                datasets[exp.dataset] = run.data if exp.dataset == run.dataset else run.on(exp.dataset).data
+            data = datasets[exp.dataset]
+        runs[exp] = train(exp, run.store, data=data, device=run.device, progress=run.progress)
+    return runs
 
 
 def _share_cpu(device, workers_here: int) -> None:
@@ -28,38 +48,31 @@ def _share_cpu(device, workers_here: int) -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers_here))
 
 
-def _worker(experiments, store_root: str, device, data_root, offset: int, workers_here: int = 1) -> list[str]:
+def _worker(run, experiments, offset: int, workers_here: int = 1) -> list[str]:
     """Train every experiment of the list that is not done or claimed; return the keys it trained."""
-    _share_cpu(device, workers_here)
-    store = RunStore(store_root)
+    _share_cpu(run.device, workers_here)
     trained = []
     for exp in experiments[offset:] + experiments[:offset]:
-        if store.is_done(exp):
+        if run.store.is_done(exp):
             continue
-        if train(exp, store, device=device, data_root=data_root, progress=False, wait_for_claim=False):
+        if train(exp, run.store, data=run.data_root, device=run.device, progress=False, wait_for_claim=False):
             trained.append(exp.key)
     return trained
 
 
-def _eval_worker(experiments, store_root: str, device, data_root, dataset: str, profile, offset: int,
-                 workers_here: int = 1) -> int:
+def _eval_worker(run, experiments, offset: int, workers_here: int = 1) -> int:
     """Evaluate every Table I column of every finished model that no other worker has claimed; return how
     many models it visited."""
-    from .data import load_dataset
     from .evaluation import evaluate_columns
     from .protocol import TABLE1
-    from .training import load_trained
 
-    _share_cpu(device, workers_here)
-    store = RunStore(store_root)
-    data = load_dataset(dataset, data_root, test_limit=profile.test_limit)
+    _share_cpu(run.device, workers_here)
+    x, y = run.test_images()
     visited = 0
     for exp in experiments[offset:] + experiments[:offset]:
-        result = store.result(exp)
-        if result is None or result["status"] != "finished":
+        if not run.finished(exp):
             continue
-        model = load_trained(exp, store, device)
-        evaluate_columns(exp, model, data.x_test, data.y_test, TABLE1.specs(profile), store, progress=False,
+        evaluate_columns(exp, run.model(exp), x, y, TABLE1.specs(run.profile), run.store, progress=False,
                          wait_for_claim=False)
         visited += 1
     return visited
@@ -77,9 +90,8 @@ def worker_devices(workers: int, gpus=(), workers_per_gpu: int = 1, device=None)
     return [f"cuda:{gpus[i // workers_per_gpu]}" for i in range(workers)]
 
 
-def run_grid(experiments, store: RunStore, *, executor: str = "none", workers: int = 1, gpus=(),
-             workers_per_gpu: int = 1, device=None, data_root=None, folder=None, slurm: dict | None = None,
-             wait: bool = True, progress: bool = True):
+def run_grid(run, experiments, *, executor: str = "none", workers: int = 1, gpus=(), workers_per_gpu: int = 1,
+             folder=None, slurm: dict | None = None, wait: bool = True):
     """Train a grid: in this process (executor "none"), in `workers` processes on this machine ("local";
     `gpus` lists the GPU indices to use) or as a Slurm job array of `workers` tasks ("slurm"; `slurm`
     holds submitit's slurm_* parameters, e.g. {"slurm_partition": "gpu", "timeout_min": 600,
@@ -90,49 +102,45 @@ def run_grid(experiments, store: RunStore, *, executor: str = "none", workers: i
         raise ValueError(f"workers must be at least 1; got {workers}")
     experiments = list(experiments)
     if executor == "none":
-        return train_all(experiments, store, device=device, data_root=data_root, progress=progress)
-    data_root = None if data_root is None else str(Path(data_root).resolve())
-    jobs = _submit(_worker, experiments, (data_root,), store, executor, workers, gpus, workers_per_gpu, device,
-                   folder, slurm)
+        return train_all(run, experiments)
+    jobs = _submit(_worker, run, experiments, executor, workers, gpus, workers_per_gpu, folder, slurm)
     if not wait:
         return jobs
     for job in jobs:
         job.result()  # raises with the worker's traceback if it failed
-    return train_all(experiments, store, device=device, data_root=data_root, progress=progress)
+    return train_all(run, experiments)
 
 
-def evaluate_grid(experiments, profile, dataset: str, store: RunStore, *, executor: str = "local", workers: int = 1,
-                  gpus=(), workers_per_gpu: int = 1, device=None, data_root=None, folder=None,
-                  slurm: dict | None = None) -> None:
+def evaluate_grid(run, experiments, *, executor: str = "local", workers: int = 1, gpus=(), workers_per_gpu: int = 1,
+                  folder=None, slurm: dict | None = None) -> None:
     """Fill the per-(model, column) evaluation cache of Table I with many workers; the tables then read
     it (and compute whatever a dead worker left)."""
-    from .config import get_profile
-
     if executor == "none":
         return
     if workers < 1:
         raise ValueError(f"workers must be at least 1; got {workers}")
-    data_root = None if data_root is None else str(Path(data_root).resolve())
-    jobs = _submit(_eval_worker, list(experiments), (data_root, dataset, get_profile(profile)), store, executor,
-                   workers, gpus, workers_per_gpu, device, folder, slurm)
-    for job in jobs:
+    for job in _submit(_eval_worker, run, list(experiments), executor, workers, gpus, workers_per_gpu, folder, slurm):
         job.result()
 
 
-def _submit(worker, experiments, args, store, executor, workers, gpus, workers_per_gpu, device, folder, slurm):
-    """`workers` jobs of `worker(experiments, store root, device, *args, offset)`, local or on Slurm."""
+def _submit(worker, run, experiments, executor, workers, gpus, workers_per_gpu, folder, slurm):
+    """`workers` jobs of `worker(run on the worker's device, experiments, offset, workers)`, local or on
+    Slurm. The workers get the run with absolute folders and without its loaded data."""
     import submitit
 
-    folder = Path(folder or store.root / "submitit")
+    folder = Path(folder or run.store.root / "submitit")
     offsets = [i * len(experiments) // workers for i in range(workers)]
-    root = str(Path(store.root).resolve())
+
+    def on(device):
+        return dataclasses.replace(run, store=RunStore(Path(run.store.root).resolve()),
+                                   data_root=Path(run.data_root).resolve(), device=device, progress=False)
+
     if executor == "local":
-        devices = worker_devices(workers, gpus, workers_per_gpu, device)
+        devices = worker_devices(workers, gpus, workers_per_gpu, run.device)
         pool = submitit.LocalExecutor(folder=folder)
         pool.update_parameters(timeout_min=(slurm or {}).get("timeout_min", 7 * 24 * 60))
-        return [pool.submit(worker, experiments, root, devices[i], *args, offsets[i], workers) for i in range(workers)]
+        return [pool.submit(worker, on(devices[i]), experiments, offsets[i], workers) for i in range(workers)]
     pool = submitit.AutoExecutor(folder=folder, cluster="slurm")
     pool.update_parameters(slurm_array_parallelism=workers, **(slurm or {}))
     n = len(offsets)
-    columns = [[a] * n for a in args]
-    return pool.map_array(worker, [experiments] * n, [root] * n, [device] * n, *columns, offsets)
+    return pool.map_array(worker, [on(run.device)] * n, [experiments] * n, offsets, [1] * n)  # a node each

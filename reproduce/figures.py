@@ -1,5 +1,6 @@
-"""Figures: one plotting style, t-SNE of embeddings, and seaborn for the statistical ones (heatmaps,
-curves with interval bands, training curves faceted by defence).
+"""Figures: one plotting style, scatter panels of embeddings, and seaborn for the statistical ones
+(heatmaps, curves with interval bands, training curves faceted by defence). Drawing only: what is drawn
+is computed elsewhere (geometry.py, curves.py, tables.py).
 
 Every function takes what to draw and a path, writes a PNG and returns the matplotlib figure.
 Figures from the smoke profile carry a stamp saying so.
@@ -15,11 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
-import torch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
-
-from .attacks import AttackSpec, attack  # noqa: E402
-from .data import DeviceLoader  # noqa: E402
 
 plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 150, "axes.titlesize": 11, "axes.labelsize": 10,
                      "legend.fontsize": 8, "font.size": 9})
@@ -45,30 +42,6 @@ def class_legend(fig, class_names, title="class", ncol=None):
                for i, n in enumerate(class_names)]
     fig.legend(handles=handles, title=title, loc="lower center", ncol=ncol or min(len(class_names), 10),
                bbox_to_anchor=(0.5, -0.02), frameon=False)
-
-
-@torch.no_grad()
-def embeddings(model, images, labels, spec: AttackSpec | None = None, batch_size: int = 250):
-    """(embedding, prediction) for each image, after an optional attack."""
-    device = next(model.parameters()).device
-    feats, preds = [], []
-    for x, y in DeviceLoader(images, labels, batch_size, device=device):
-        if spec is not None:
-            with torch.enable_grad():
-                x = attack(model, x, y, spec)
-        model.eval()
-        f = model.embed(x)
-        feats.append(f.float().cpu())
-        preds.append(model.criterion.logits(f.float()).argmax(1).cpu())
-    return torch.cat(feats).numpy(), torch.cat(preds).numpy()
-
-
-def tsne(points: np.ndarray, seed: int = 0) -> np.ndarray:
-    """2-d t-SNE (scikit-learn); perplexity shrinks for small sets so it stays valid."""
-    from sklearn.manifold import TSNE
-
-    perplexity = float(min(30.0, max(2.0, (len(points) - 1) / 3)))
-    return TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(points)
 
 
 def scatter_panels(panels: dict, class_names, path=None, ncols: int | None = None, profile: str | None = None,

@@ -1,9 +1,10 @@
-"""Every table, defined once, as data: its columns (key, title, attack), where the paper's numbers live,
-and what one evaluation costs.
+"""Every table, defined once, as data: its columns, the experiments behind its cells, where the paper's
+numbers live, and what one evaluation costs.
 
-tables.py computes the tables from these definitions, the notebooks take their attacks from here, and
-bench.plan prices them. A new column is one `Column` in a table below (and its attack in attacks.py):
-evaluations are cached per (model, column), so only the new column is computed.
+A table is one `Table` in TABLES: tables.py computes any table from its definition, plan.py prices it,
+the command line offers it and the notebooks show it. A new Table I column is one `Column` in
+WHITE_BOX_COLUMNS (with its attack in attacks.py); a new table is one `Table` added to TABLES.
+Evaluations are cached per (model, column), so only what is new is computed.
 """
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from typing import Callable
 
 import pandas as pd
 
-from .attacks import EPS, STEP, AttackSpec
-from .config import Profile
+from .attacks import EPS, PGD7, STEP, AttackSpec
+from .config import DEFENSES, Profile
 from .losses import PAPER_LOSSES
 
 
@@ -36,7 +37,8 @@ def _pgd(steps: int, restarts: Callable[[Profile], int] = lambda p: 1, label: st
 
 CLEAN = Column("clean", "Clean", lambda p: None)
 FGSM = Column("fgsm", "FGSM", lambda p: AttackSpec("fgsm", eps=EPS, step=EPS, label="fgsm"))
-PGD7 = Column("pgd7", "PGD (7)", _pgd(7, label="pgd7"))
+BIM7 = Column("bim7", "BIM (7)", lambda p: AttackSpec("bim", eps=EPS, step=STEP, steps=7, label="bim7"))
+PGD7_COLUMN = Column("pgd7", "PGD (7)", lambda p: PGD7)
 PGD20x20 = Column("pgd20x20", "20PGD (20)", _pgd(20, lambda p: p.restarts, "pgd20x20"))
 AUTOATTACK = Column("aa", "AA", lambda p: AttackSpec("autoattack", eps=EPS, version=p.autoattack,
                                                      steps=p.autoattack_steps, label="aa"), in_paper=False)
@@ -44,28 +46,88 @@ AUTOATTACK = Column("aa", "AA", lambda p: AttackSpec("autoattack", eps=EPS, vers
 WHITE_BOX_COLUMNS = (
     CLEAN,
     FGSM,
-    Column("bim7", "BIM (7)", lambda p: AttackSpec("bim", eps=EPS, step=STEP, steps=7, label="bim7")),
-    PGD7,
+    BIM7,
+    PGD7_COLUMN,
     Column("pgd20", "PGD (20)", _pgd(20, label="pgd20")),
     PGD20x20,
     Column("mim40", "MIM (40)", lambda p: AttackSpec("mim", eps=EPS, step=STEP, steps=p.mim_steps, label="mim40")),
     AUTOATTACK,
 )
 
+# The ABCL appendix grids (B and C): clean and three attacks on each cell.
+APPENDIX_COLUMNS = (CLEAN, FGSM, BIM7, PGD7_COLUMN)
+
+# Robustness against PGD iterations: PGD-k at eps 8/255 as k grows (the eps curve is the sanity
+# check's, evaluation.EPS_SWEEP).
+ITERATION_SWEEP = (1, 2, 5, 10, 20, 50, 100)
+
+
+# ---------------------------------------------------------------- the experiments behind the tables
+
+# Surrogates come from other seeds than the targets they attack: target seed i, surrogate seed 1000 + i.
+SURROGATE_SEED_OFFSET = 1000
+TABLE4_MARGINS = (0.05, 0.10, 0.15, 0.20, 0.25)
+TABLE4_SCALES = (2.0, 4.0, 6.0, 8.0)
+
+
+def table1_experiments(run) -> list:
+    """5 losses x UM / AT / ALP, in the paper's row order (SM-UM, SM-AT, SM-ALP, ConL-UM, ...), once
+    per seed of the profile (seed 0 first)."""
+    return [run.experiment(loss, defense, seed) for seed in range(run.profile.seeds)
+            for loss in PAPER_LOSSES for defense in DEFENSES]
+
+
+def surrogate_experiments(run) -> list:
+    """The five UM models, one per loss, that craft the black-box attacks (Tables II and III), once per
+    seed; the surrogates of target seed i have seed SURROGATE_SEED_OFFSET + i."""
+    return [run.experiment(loss, "UM", SURROGATE_SEED_OFFSET + seed) for seed in range(run.profile.seeds)
+            for loss in PAPER_LOSSES]
+
+
+def table4_experiments(run) -> list:
+    """AAML-AT for every (m, s) of Table IV, margins as rows and scales as columns, once per seed."""
+    return [run.experiment("AAML", "AT", seed, loss_params={"m": m, "s": s}) for seed in range(run.profile.seeds)
+            for m in TABLE4_MARGINS for s in TABLE4_SCALES]
+
 
 @dataclass(frozen=True)
 class Table:
-    name: str
+    """One table of the paper (or of ours): what its cells are and where its numbers come from.
+
+    A white-box table evaluates `columns` (Columns) on each of its `models`, a row per model; a table
+    of one `attack` (Table IV) gives each model one cell, at (row_of, column_of); a transfer table
+    (`surrogates` set) crafts `attack` on each surrogate and scores it on each model, a column per
+    surrogate (`columns` are the surrogates' names)."""
+
+    name: str  # the one key: TABLES, the command line, file names
     title: str
     file_stem: str
     index_name: str
-    paper_file: str
-    columns: tuple  # white-box tables: Columns; black-box tables: surrogate names
-    attack: Column | None = None  # black-box tables and Table IV: the one attack of every cell
+    paper_file: str | None  # the paper's numbers in reproduce/paper/ (None: not in the paper)
+    columns: tuple
+    models: Callable  # run -> the experiments whose accuracy fills the cells
+    attack: Column | None = None  # tables of one attack: the attack of every cell
+    surrogates: Callable | None = None  # transfer tables: run -> the models that craft the attack
+    row_of: Callable = lambda e: e.label  # the row an experiment fills
+    column_of: Callable | None = None  # tables of one attack: the column an experiment fills
+    checks: bool = False  # each model's sanity checks and eps curve (Table I's)
+    blank_at_chance: bool = False  # a model that ended at chance shows '-' (untrainable, as the paper marks)
+    notebook: str = "03"  # the notebook that computes and shows it
+    trained_in: str = "02"  # the notebook that trains its models
+
+    def experiments(self, run) -> list:
+        """Every experiment the table needs trained (its models, then its surrogates), each once."""
+        exps = self.models(run) + (self.surrogates(run) if self.surrogates else [])
+        return list(dict.fromkeys(exps))
+
+    @property
+    def attacks(self) -> tuple:
+        """The Columns evaluated on each model (white-box tables) or crafted on each surrogate."""
+        return (self.attack,) if self.attack is not None else self.columns
 
     def specs(self, profile: Profile) -> list[AttackSpec]:
-        """The attacks of a white-box table's columns, clean left out."""
-        return [s for s in (c.spec(profile) for c in self.columns) if s is not None]
+        """The attacks of the table's cells, clean left out."""
+        return [s for s in (c.spec(profile) for c in self.attacks) if s is not None]
 
     @property
     def keys(self) -> list[str]:
@@ -75,35 +137,32 @@ class Table:
         return next((c.title for c in self.columns if isinstance(c, Column) and c.key == key), key)
 
     def paper(self) -> pd.DataFrame:
-        """The paper's published numbers (CIFAR-10), indexed like our table; columns the paper does not
-        have are absent (shown as '-')."""
+        """The paper's published numbers (CIFAR-10), indexed like our table (rows as text); columns the
+        paper does not have are absent (shown as '-')."""
+        if self.paper_file is None:
+            return pd.DataFrame()
         with resources.files("reproduce").joinpath("paper", self.paper_file).open() as f:
-            df = pd.read_csv(f)
-        if self.name == "table4":
-            df["m"] = df["m"].map(lambda m: f"{m:.2f}")
-            return df.set_index("m")
-        in_paper = [c.key for c in self.columns if isinstance(c, Column) and c.in_paper] or list(self.columns)
-        return df.set_index(df.columns[0])[in_paper]
+            df = pd.read_csv(f, index_col=0, dtype=str)
+        in_paper = [c.key if isinstance(c, Column) else c for c in self.columns
+                    if not isinstance(c, Column) or c.in_paper]
+        return df[[c for c in in_paper if c in df.columns]].astype(float)
 
 
 SURROGATES = tuple(f"surrogate_{loss}" for loss in PAPER_LOSSES)
 
 TABLE1 = Table("table1", "Table I: white-box accuracy (%)", "table1_white_box", "model", "table1_white_box.csv",
-               WHITE_BOX_COLUMNS)
+               WHITE_BOX_COLUMNS, table1_experiments, checks=True)
 TABLE2 = Table("table2", "Table II: black-box FGSM accuracy (%)", "table2_black_box_fgsm", "target",
-               "table2_black_box_fgsm.csv", SURROGATES, attack=FGSM)
+               "table2_black_box_fgsm.csv", SURROGATES, table1_experiments, attack=FGSM,
+               surrogates=surrogate_experiments, notebook="04")
 TABLE3 = Table("table3", "Table III: black-box 20PGD accuracy (%)", "table3_black_box_20pgd", "target",
-               "table3_black_box_20pgd.csv", SURROGATES, attack=PGD20x20)
+               "table3_black_box_20pgd.csv", SURROGATES, table1_experiments, attack=PGD20x20,
+               surrogates=surrogate_experiments, notebook="04")
 TABLE4 = Table("table4", "Table IV: AAML-AT accuracy under PGD-7 (%)", "table4_aaml_sweep", "m",
-               "table4_aaml_at_sweep.csv", ("s2", "s4", "s6", "s8"), attack=PGD7)
+               "table4_aaml_at_sweep.csv", tuple(f"s{s:g}" for s in TABLE4_SCALES), table4_experiments,
+               attack=PGD7_COLUMN, row_of=lambda e: f"{e.params['m']:.2f}",
+               column_of=lambda e: f"s{e.params['s']:g}", blank_at_chance=True, notebook="05", trained_in="05")
 TABLES = {t.name: t for t in (TABLE1, TABLE2, TABLE3, TABLE4)}
-
-# The ABCL appendix grids (B and C): clean and three attacks on each cell.
-APPENDIX_COLUMNS = (CLEAN, FGSM, WHITE_BOX_COLUMNS[2], PGD7)
-
-# Robustness against PGD iterations: PGD-k at eps 8/255 as k grows (the eps curve is the sanity
-# check's, evaluation.EPS_SWEEP).
-ITERATION_SWEEP = (1, 2, 5, 10, 20, 50, 100)
 
 
 def autoattack_note(profile: Profile) -> str:
@@ -116,7 +175,7 @@ def autoattack_note(profile: Profile) -> str:
 
 
 def passes(spec: AttackSpec | None) -> float:
-    """Forward-backward passes per test image an attack costs, roughly (for bench.plan). Restarts
+    """Forward-backward passes per test image an attack costs, roughly (for plan.py). Restarts
     attack only the survivors (about two full runs); AutoAttack's attacks run on the survivors of
     the ones before: its standard version (torchattacks: 10 APGD steps) is priced as APGD-CE plus nine
     targeted runs of APGD-T and FAB-T on a fifth of the images, and Square's 5000 queries on a tenth."""
@@ -125,3 +184,4 @@ def passes(spec: AttackSpec | None) -> float:
     if spec.name == "autoattack":
         return 2 * spec.steps if spec.version == "apgd" else 10 + 0.2 * 9 * (10 + 10) + 0.1 * 5000
     return spec.steps * (1 if spec.restarts == 1 else 2)
+

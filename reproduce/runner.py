@@ -9,29 +9,13 @@ import sys
 import time
 from pathlib import Path
 
-from .config import OBJECTIVES, default_profile_name, get_profile
+from .config import default_profile
+from .context import REPO, start
 from .data import DatasetMissing, check_dataset
-from .report import git_commit, now, output_dir, update_manifest
-from .training import resolve_device
+from .report import git_commit, now, update_manifest
 
-REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ("01_losses.ipynb", "02_training.ipynb", "03_white_box.ipynb", "04_black_box.ipynb",
              "05_hyperparameter_sweeps.ipynb", "06_appendix_ablations.ipynb")
-
-
-def choose_profile(profile: str | None) -> str:
-    """The profile asked for; else colab in Colab, quick on another CUDA machine and smoke elsewhere,
-    saying why."""
-    import os
-
-    profile = profile or os.environ.get("PROFILE")
-    if profile:
-        get_profile(profile)  # unknown names fail here, before any work
-        return profile
-    chosen = default_profile_name()
-    why = {"smoke": "no CUDA device was found", "colab": "a Colab GPU", "quick": "CUDA is available"}[chosen]
-    print(f"profile: {chosen} ({why}; set PROFILE=smoke|colab|quick|paper to choose)")
-    return chosen
 
 
 class NotebookLog:
@@ -54,47 +38,44 @@ class NotebookLog:
 
 
 def run_notebooks(profile: str | None = None, dataset: str = "cifar10", *, device: str | None = None,
-                  runs_dir: str | Path = "runs", data_dir: str | Path = "data", figures_dir: str | Path = "figures",
-                  notebooks_dir: str | Path | None = None, only: list[str] | None = None,
-                  profile_overrides: dict | None = None, objectives: str = "authors", quiet: bool = False) -> int:
+                  runs_dir=None, data_dir=None, figures_dir=None, notebooks_dir: str | Path | None = None,
+                  only: list[str] | None = None, profile_overrides: dict | None = None, objectives: str = "authors",
+                  quiet: bool = False) -> int:
     """Run the notebooks; `profile_overrides` changes budgets of the profile (e.g. {"epochs": 1});
     `objectives` chooses the AT / ALP objectives ("authors", the default, or "paper"). Unless `quiet`,
-    what each notebook prints is shown as it runs."""
+    what each notebook prints is shown as it runs. Folders default to runs/, data/ and figures/ of the
+    checkout."""
     import papermill
 
-    profile = choose_profile(profile)
     unknown = [o for o in only or [] if not any(o in (n, n.split("_")[0]) for n in NOTEBOOKS)]
     if unknown:
         print(f"error: no notebook {', '.join(map(repr, unknown))}; name them by number, e.g. --only 03 04 "
               f"(they are {', '.join(n.split('_')[0] for n in NOTEBOOKS)})")
         return 2
-    try:
-        get_profile(profile, **(profile_overrides or {}))  # a wrong override fails here, not in a notebook
-    except ValueError as e:
+    if not profile:
+        profile, why = default_profile()
+        print(f"profile: {profile} ({why})")
+    try:  # an unknown profile, budget, dataset or objectives fails here, not in a notebook
+        run = start(profile, dataset, objectives=objectives, device=device, runs_dir=runs_dir, data_dir=data_dir,
+                    figures_dir=figures_dir, budgets=profile_overrides, quiet=True)
+        check_dataset(dataset, run.data_root)  # in seconds, before any notebook starts
+    except (ValueError, RuntimeError, DatasetMissing) as e:
         print(f"error: {e}")
         return 2
-    if objectives not in OBJECTIVES:
-        print(f"error: unknown objectives {objectives!r}; choose one of {list(OBJECTIVES)}")
-        return 2
-    runs_dir, data_dir, figures_dir = (Path(p).resolve() for p in (runs_dir, data_dir, figures_dir))
-    try:
-        check_dataset(dataset, data_dir)  # in seconds, before any notebook starts
-    except DatasetMissing as e:
-        print(f"error: {e}")
-        return 2
-    device = str(resolve_device(device))
+    runs_dir, data_dir, figures_dir = (Path(p).resolve() for p in (run.store.root, run.data_root, run.figures_root))
     notebooks_dir = Path(notebooks_dir or REPO / "notebooks")
     executed_dir = runs_dir / "notebooks" / f"{dataset}-{profile}{'' if objectives == 'authors' else '-' + objectives}"
     executed_dir.mkdir(parents=True, exist_ok=True)
-    out = output_dir(dataset, profile, figures_dir, objectives)
-    update_manifest(out, profile=profile, dataset=dataset, objectives=objectives, commit=git_commit(), device=device,
-                    start_time=now(), end_time=None)
-    params = dict(profile=profile, dataset=dataset, device=device, runs_dir=str(runs_dir), data_dir=str(data_dir),
-                  figures_dir=str(figures_dir), profile_overrides=profile_overrides or {}, objectives=objectives)
+    out = run.out_dir
+    update_manifest(out, profile=profile, dataset=dataset, objectives=objectives, commit=git_commit(),
+                    device=run.device, start_time=now(), end_time=None)
+    params = dict(profile=profile, dataset=dataset, device=run.device, runs_dir=str(runs_dir),
+                  data_dir=str(data_dir), figures_dir=str(figures_dir), profile_overrides=profile_overrides or {},
+                  objectives=objectives)
     names = [n for n in NOTEBOOKS if not only or n in only or n.split("_")[0] in only]
     total_start = time.perf_counter()
     for i, name in enumerate(names, 1):
-        start = time.perf_counter()
+        began = time.perf_counter()
         print(f"[{i}/{len(names)}] {name} ...", flush=True)
         try:
             papermill.execute_notebook(str(notebooks_dir / name), str(executed_dir / name), parameters=params,
@@ -106,7 +87,7 @@ def run_notebooks(profile: str | None = None, dataset: str = "cifar10", *, devic
                   "Fix the cause and run again: finished work is kept.")
             update_manifest(out, failed={"notebook": name, "cell": e.cell_index, "error": f"{e.ename}: {e.evalue}"})
             return 1
-        print(f"[{i}/{len(names)}] {name} done in {time.perf_counter() - start:.0f} s", flush=True)
+        print(f"[{i}/{len(names)}] {name} done in {time.perf_counter() - began:.0f} s", flush=True)
     update_manifest(out, end_time=now(), failed=None, wall_seconds=round(time.perf_counter() - total_start, 1))
     print(f"all notebooks ran in {time.perf_counter() - total_start:.0f} s; tables and figures in {out}; "
           f"executed notebooks in {executed_dir}")

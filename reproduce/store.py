@@ -180,7 +180,13 @@ class RunStore:
         return read_checked_json(path) if path.exists() else None
 
     def is_done(self, experiment) -> bool:
+        """Whether the run ended: finished, or diverged (then there is no model to evaluate)."""
         return self.result(experiment) is not None
+
+    def is_finished(self, experiment) -> bool:
+        """Whether the run finished training and kept a model."""
+        result = self.result(experiment)
+        return result is not None and result["status"] == "finished"
 
     def metrics(self, experiment) -> list[dict]:
         return read_jsonl(self.run_dir(experiment) / "metrics.jsonl")

@@ -8,21 +8,15 @@ is written as CSV (means), a CSV of intervals, and Markdown (ours ± interval / 
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
 
-from .attacks import AttackSpec
-from .config import PROTOCOL_VERSION, get_profile
-from .evaluation import black_box, black_box_checks, evaluate_white_box, read_cache
-from .grid import SURROGATE_SEED_OFFSET, seeds, surrogate_experiments, table1_experiments, table4_experiments
-from .protocol import SURROGATES, TABLE1, TABLE4, TABLES, autoattack_note
+from .evaluation import black_box, black_box_checks, cache_name, evaluate_white_box, read_cache
+from .protocol import AUTOATTACK, SURROGATE_SEED_OFFSET, TABLES, Table, autoattack_note
 from .stats import seed_interval
-from .store import RunStore, write_checked_json
-from .training import load_trained
+from .store import write_checked_json
 
 
 def paper_table(name: str) -> pd.DataFrame:
@@ -47,16 +41,18 @@ def cell(row: str, column: str, seed: int, accuracy, n: int, any_iterate=None) -
             "any_iterate": _nan(any_iterate)}
 
 
-def summarise(cells: pd.DataFrame) -> pd.DataFrame:
-    """One line per (row, column): the mean and standard deviation over seeds (models that did not
-    train left out), how many seeds and test images, the 95% interval (stats.seed_interval: Wilson for
-    one seed, which covers test sampling only; with several seeds it covers their spread too) and, where
-    measured, the mean any-iterate score. Rows and columns keep their order."""
-    if "any_iterate" not in cells:
-        cells = cells.assign(any_iterate=float("nan"))
-    g = cells.groupby(["row", "column"], sort=False)
-    out = g.agg(mean=("accuracy", "mean"), sd=("accuracy", "std"), seeds=("accuracy", "count"),
-                n_images=("n", "first"), any_iterate=("any_iterate", "mean")).reset_index()
+def summarise(cells: pd.DataFrame, keys=("row", "column")) -> pd.DataFrame:
+    """One line per `keys` (a table's (row, column), or a curve's points): the mean and standard
+    deviation over seeds (models that did not train left out), how many seeds and test images, the 95%
+    interval (stats.seed_interval: Wilson for one seed, which covers test sampling only; with several
+    seeds it covers their spread too) and, where the cells carry it, the mean any-iterate score. Keys
+    keep their order."""
+    g = cells.groupby(list(keys), sort=False)
+    aggregates = dict(mean=("accuracy", "mean"), sd=("accuracy", "std"), seeds=("accuracy", "count"),
+                      n_images=("n", "first"))
+    if "any_iterate" in cells:
+        aggregates["any_iterate"] = ("any_iterate", "mean")
+    out = g.agg(**aggregates).reset_index()
     bounds = [seed_interval(list(group["accuracy"]), int(group["n"].iloc[0])) for _, group in g]
     out["ci_low"], out["ci_high"] = [b[0] for b in bounds], [b[1] for b in bounds]
     return out
@@ -129,81 +125,140 @@ def interval_note(several_seeds: bool) -> str:
             "seed or another machine would move the cell, which at the smoke profile is often further.")
 
 
-def write_table(cells: pd.DataFrame, name: str, out_dir: Path, dataset: str, title: str | None = None,
-                notes: list[str] = (), file_stem: str | None = None, index_name: str | None = None) -> str:
+def write_table(cells: pd.DataFrame, table: Table | str, out_dir: Path, dataset: str, notes: list[str] = ()) -> str:
     """Write <stem>.csv (the mean of each cell, as the paper's table), <stem>_intervals.csv (mean, sd,
     seeds, test images, 95% interval and the paper's number, a line per cell), <stem>_seeds.csv (with
     several seeds: each seed's accuracy, a line per cell and seed) and <stem>.md; return the Markdown.
-    Title, file stem and index name default to the table's definition in protocol.py."""
-    table = TABLES[name]
-    title, index_name = title or table.title, table.index_name if index_name is None else index_name
+    `table` is a protocol.Table, or its name in TABLES."""
+    table = TABLES[table] if isinstance(table, str) else table
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = file_stem or table.file_stem
+    stem, index_name = table.file_stem, table.index_name
     wide(cells, index_name=index_name).to_csv(out_dir / f"{stem}.csv", float_format="%.2f")
     summary = summarise(cells)
-    paper = paper_table(name)
+    paper = table.paper()
     summary["paper"] = [paper.loc[r, c] if r in paper.index and c in paper.columns else None
                         for r, c in zip(summary["row"], summary["column"])]
-    if summary["any_iterate"].isna().all():
+    if "any_iterate" in summary and summary["any_iterate"].isna().all():
         summary = summary.drop(columns="any_iterate")
     if summary["seeds"].max() > 1:
-        cells.rename(columns={"row": index_name or "row"}).to_csv(out_dir / f"{stem}_seeds.csv", index=False,
-                                                                  float_format="%.2f")
-    summary.rename(columns={"row": index_name or "row"}).to_csv(out_dir / f"{stem}_intervals.csv", index=False,
-                                                                float_format="%.2f")
-    md = comparison_markdown(summary, paper, dataset, title, notes, index_name,
+        cells.rename(columns={"row": index_name}).to_csv(out_dir / f"{stem}_seeds.csv", index=False,
+                                                         float_format="%.2f")
+    summary.rename(columns={"row": index_name}).to_csv(out_dir / f"{stem}_intervals.csv", index=False,
+                                                       float_format="%.2f")
+    md = comparison_markdown(summary, paper, dataset, table.title, notes, index_name,
                              {k: table.title_of(k) for k in table.keys})
     (out_dir / f"{stem}.md").write_text(md)
     return md
 
 
-def _seed_prefix(exp, profile) -> str:
-    return f"seed {exp.seed}: " if profile.seeds > 1 else ""
+# ---------------------------------------------------------------- any table from its definition
+
+def compute(run, table: Table, *, scoring: str = "final", white_box: pd.DataFrame | None = None):
+    """The cells of `table` (protocol.Table) on this run's models, every seed, and its sanity flags.
+
+    White-box tables: each (model, column) is cached, so a new column is computed alone; cells hold the
+    `scoring` ("final": the authors' scoring of the last iterate; "any_iterate": broken at the first
+    misclassified iterate) and the any-iterate score beside it; flags are {row: [flag]}. Transfer tables
+    (Tables II / III): each seed's targets are attacked through the same seed's surrogates; with
+    `white_box` (Table I's cells) the flags list every target that a transferred attack breaks more often
+    than the white-box attack of the same name.
+
+    Returns (cells, flags); `wide(cells)` is the table as the paper prints it."""
+    if table.surrogates is not None:
+        return _transfer_cells(run, table, white_box)
+    return _white_box_cells(run, table, scoring)
 
 
-def table1(profile_name, dataset: str, data, store: RunStore, device=None, progress: bool = True,
-           objectives: str = "authors", scoring: str = "final"):
-    """Table I: 15 models x the columns of protocol.TABLE1, for every seed, with each model's sanity
-    flags. Each (model, column) is cached: a new column is computed alone. Cells hold the `scoring`
-    ("final": the authors' scoring of the last iterate; "any_iterate": broken at the first misclassified
-    iterate) and the any-iterate score beside it.
+def _seed_prefix(run, exp) -> str:
+    return f"seed {exp.seed}: " if run.profile.seeds > 1 else ""
 
-    Returns (cells, {label: flags}); `wide(cells)` is the table as the paper prints it."""
-    profile = get_profile(profile_name)
-    x, y = data.test_images(profile.test_limit)
-    specs, columns = TABLE1.specs(profile), TABLE1.keys
-    records, flags = [], {}
-    for exp in table1_experiments(profile, dataset, objectives=objectives):
-        found = flags.setdefault(exp.label, [])
-        result = store.result(exp)
-        if result is None or result["status"] != "finished":
-            records += [cell(exp.label, c, exp.seed, None, len(y)) for c in columns]
-            found.append(_seed_prefix(exp, profile) + ("not trained" if result is None else "diverged"))
+
+def _white_box_cells(run, table: Table, scoring: str):
+    x, y = run.test_images()
+    specs, records, flags = table.specs(run.profile), [], {}
+    for exp in table.models(run):
+        row = table.row_of(exp)
+        columns = [table.column_of(exp)] if table.column_of else table.keys
+        found = flags.setdefault(row, [])
+        result = run.store.result(exp)
+        trained = result is not None and result["status"] == "finished"
+        if trained and table.blank_at_chance and result["kept_val_acc"] <= 1.2 * 100 / result["num_classes"]:
+            trained, result = False, dict(result, status="ended at chance accuracy")
+        if not trained:
+            records += [cell(row, c, exp.seed, None, len(y)) for c in columns]
+            found.append(_seed_prefix(run, exp) + ("not trained" if result is None else result["status"]))
             continue
-        model = load_trained(exp, store, device)
-        ev = evaluate_white_box(exp, model, x, y, specs, store, progress=progress, scoring=scoring)
-        records += [cell(exp.label, c, exp.seed, ev["row"][c], len(y), ev["row_any_iterate"][c]) for c in columns]
-        found += [_seed_prefix(exp, profile) + f for f in ev["flags"]]
+        # loaded even when every column is cached: the black-box tables' random starts follow the global
+        # random state, which each model's construction advances
+        ev = evaluate_white_box(exp, run.model(exp), x, y, specs, run.store, progress=run.progress,
+                                with_checks=table.checks, scoring=scoring)
+        keys = [c.key for c in table.attacks]  # what was measured, in the table's columns
+        records += [cell(row, c, exp.seed, ev["row"][k], len(y), ev["row_any_iterate"][k])
+                    for c, k in zip(columns, keys[-len(columns):])]
+        found += [_seed_prefix(run, exp) + f for f in ev["flags"]] if table.checks else []
     return pd.DataFrame(records), flags
 
 
-def table1_notes(flags: dict, profile_name, scoring: str = "final") -> list[str]:
-    notes = []
-    for label, fl in flags.items():
+def _transfer_cells(run, table: Table, white_box: pd.DataFrame | None):
+    spec = table.attack.spec(run.profile)
+    x, y = run.test_images()
+    all_targets, all_surrogates = table.models(run), table.surrogates(run)
+    records = []
+    for seed in range(run.profile.seeds):
+        targets = [e for e in all_targets if e.seed == seed and run.finished(e)]
+        surrogates = [e for e in all_surrogates if e.seed == SURROGATE_SEED_OFFSET + seed and run.finished(e)]
+        path = run.store.root / "tables" / (cache_name("black_box", x, targets=[e.key for e in targets],
+                                                       surrogates=[e.key for e in surrogates],
+                                                       spec=asdict(spec)) + ".json")
+        matrix = read_cache(path)
+        if matrix is None:
+            matrix = black_box({f"surrogate_{e.loss}": run.model(e) for e in surrogates},
+                               {e.label: run.model(e) for e in targets}, x, y, spec, progress=run.progress)
+            write_checked_json(path, matrix)
+        for e in all_targets:
+            if e.seed == seed:
+                records += [cell(e.label, c, seed, matrix.get(e.label, {}).get(c), len(y)) for c in table.keys]
+    cells = pd.DataFrame(records)
+    means = wide(cells)
+    matrix = {t: {s: v for s, v in row.items() if not pd.isna(v)} for t, row in means.iterrows()}
+    white = {} if white_box is None else white_box_column(white_box, table.attack.key)
+    return cells, black_box_checks(matrix, white)
+
+
+def notes(run, table: Table, flags, scoring: str = "final") -> list[str]:
+    """The notes under a table: its sanity checks, how it was scored, and what the profile changes."""
+    if table.surrogates is not None:
+        return [f"POSSIBLE MASKING: {f}" for f in flags] or [
+            "White-box accuracy <= black-box accuracy for every target and surrogate."]
+    out = []
+    for label, fl in flags.items() if table.checks else ():
         for f in fl:
-            notes.append(f"CHECK FAILED for {label}: {f}. Failed orderings or accuracy that does not fall with eps "
-                         "are the usual signs of gradient masking (ALP is known for it).")
-    if not notes:
-        notes.append("All sanity checks passed: eps = 0 equals clean, no attack above clean, PGD-20 <= PGD-7 and "
-                     "20PGD <= PGD-20 (each within 1 point), AutoAttack at or below every other attack and not far "
-                     "below PGD-20, and PGD accuracy falls below 10% as eps grows.")
-    notes.append(SCORING_NOTES[scoring])
-    notes.append(autoattack_note(get_profile(profile_name)))
-    if get_profile(profile_name).name == "smoke":
-        notes.append("SMOKE PROFILE: thin network, a slice of the data, few epochs. These numbers test the pipeline; "
-                     "they do not reproduce the paper.")
-    return notes
+            out.append(f"CHECK FAILED for {label}: {f}. Failed orderings or accuracy that does not fall with eps "
+                       "are the usual signs of gradient masking (ALP is known for it).")
+    if table.checks and not out:
+        out.append("All sanity checks passed: eps = 0 equals clean, no attack above clean, PGD-20 <= PGD-7 and "
+                   "20PGD <= PGD-20 (each within 1 point), AutoAttack at or below every other attack and not far "
+                   "below PGD-20, and PGD accuracy falls below 10% as eps grows.")
+    if table.blank_at_chance:
+        out.append('"-": the run diverged or ended at chance accuracy (untrainable).')
+    if table.checks:
+        out.append(SCORING_NOTES[scoring])
+    if any(c is AUTOATTACK for c in table.attacks):
+        out.append(autoattack_note(run.profile))
+    if table.checks and run.profile.name == "smoke":
+        out.append("SMOKE PROFILE: thin network, a slice of the data, few epochs. These numbers test the pipeline; "
+                   "they do not reproduce the paper.")
+    return out
+
+
+def write(run, table: Table, cells: pd.DataFrame, flags, scoring: str = "final") -> str:
+    """Write the table with its notes into the run's output folder, record its sanity flags in the
+    manifest, and return its Markdown."""
+    from .report import update_manifest
+
+    update_manifest(run.out_dir, sanity_flags={table.name: flags})
+    return write_table(cells, table, run.out_dir, run.dataset, notes=notes(run, table, flags, scoring))
 
 
 SCORING_NOTES = {
@@ -213,68 +268,3 @@ SCORING_NOTES = {
     "any_iterate": "Attacks are scored at every iterate (an image is broken at its first misclassified iterate): "
                    "the worst case, lower than the authors' scoring of the final iterate.",
 }
-
-
-def _bb_cache_path(store: RunStore, targets, surrogates, spec: AttackSpec, x) -> Path:
-    payload = json.dumps({"t": [e.key for e in targets], "s": [e.key for e in surrogates], "spec": asdict(spec),
-                          "x": [list(x.shape), int(x.float().sum())], "protocol": PROTOCOL_VERSION}, sort_keys=True)
-    return store.root / "tables" / f"black_box-{hashlib.sha256(payload.encode()).hexdigest()[:12]}.json"
-
-
-def black_box_table(profile_name, dataset: str, data, store: RunStore, spec: AttackSpec | str, device=None,
-                    white: dict | None = None, progress: bool = True, objectives: str = "authors"):
-    """Tables II / III: the 15 Table I models as targets of the 5 UM surrogates' adversarial images,
-    each seed's targets attacked through the same seed's surrogates. `spec` is the attack, or the name
-    of the table ("table2", "table3") whose attack protocol.py defines.
-
-    `white` (target label -> white-box accuracy of the same attack) enables the white <= black check.
-    Returns (cells, flags)."""
-    profile = get_profile(profile_name)
-    if isinstance(spec, str):
-        spec = TABLES[spec].attack.spec(profile)
-    x, y = data.test_images(profile.test_limit)
-    all_targets = table1_experiments(profile, dataset, objectives=objectives)
-    all_surrogates = surrogate_experiments(profile, dataset)
-    records = []
-    for seed in seeds(profile):
-        targets = [e for e in all_targets if e.seed == seed and _finished(store, e)]
-        surrogates = [e for e in all_surrogates if e.seed == SURROGATE_SEED_OFFSET + seed and _finished(store, e)]
-        path = _bb_cache_path(store, targets, surrogates, spec, x)
-        matrix = read_cache(path)
-        if matrix is None:
-            matrix = black_box({f"surrogate_{e.loss}": load_trained(e, store, device) for e in surrogates},
-                               {e.label: load_trained(e, store, device) for e in targets}, x, y, spec,
-                               progress=progress)
-            write_checked_json(path, matrix)
-        for e in all_targets:
-            if e.seed == seed:
-                records += [cell(e.label, c, seed, matrix.get(e.label, {}).get(c), len(y)) for c in SURROGATES]
-    cells = pd.DataFrame(records)
-    means = wide(cells)
-    matrix = {t: {s: v for s, v in row.items() if not pd.isna(v)} for t, row in means.iterrows()}
-    return cells, black_box_checks(matrix, white or {})
-
-
-def _finished(store, exp) -> bool:
-    result = store.result(exp)
-    return result is not None and result["status"] == "finished"
-
-
-def table4(profile_name, dataset: str, data, store: RunStore, device=None, chance: float = 10.0,
-           objectives: str = "authors", scoring: str = "final"):
-    """Table IV: PGD-7 accuracy of AAML-AT over margins (rows) and scales (columns), every seed; NaN ('-')
-    where the run diverged or ended at chance accuracy (untrainable). Returns cells."""
-    profile = get_profile(profile_name)
-    x, y = data.test_images(profile.test_limit)
-    spec = TABLE4.attack.spec(profile)
-    records = []
-    for exp in table4_experiments(profile, dataset, objectives=objectives):
-        m, s = exp.params["m"], exp.params["s"]
-        result = store.result(exp)
-        acc = None
-        if result is not None and result["status"] == "finished" and result["kept_val_acc"] > chance * 1.2:
-            ev = evaluate_white_box(exp, load_trained(exp, store, device), x, y, [spec], store, progress=False,
-                                    with_checks=False, scoring=scoring)
-            acc = ev["row"]["pgd7"]
-        records.append(cell(f"{m:.2f}", f"s{int(s)}", exp.seed, acc, len(y)))
-    return pd.DataFrame(records)

@@ -11,14 +11,17 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
-from .attacks import AttackSpec
-from .data import DataSplit, DeviceLoader, load_dataset
+from .attacks import PGD7, AttackSpec
+from .data import DataSplit, load_dataset
 from .defenses import crafting_spec, defense_loss
+from .devices import autocast, resolve_device
+from .loader import DeviceLoader
 from .models import Classifier, build_model
 from .store import (
     RunStore,
@@ -32,71 +35,28 @@ from .store import (
 )
 
 
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was asked for but CUDA is not available; use --device cpu")
-    return device
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether the device computes in bf16 natively: CUDA, or a CPU with AMX or AVX-512 BF16 (where
-    oneDNN's bf16 convolutions are 1.1-1.2x faster than float32 for the smoke network on 2 cores;
-    on other CPUs bf16 would be emulated, and slower)."""
-    if device.type == "cuda":
-        return True
-    if device.type == "cpu":
-        checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-        return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
-    return False
-
-
-def autocast(device: torch.device, enabled: bool = True):
-    """bf16 autocast for training where the device computes in bf16 natively, a no-op elsewhere.
-    Heads and losses still run in float32 (models.Classifier)."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled and native_bf16(device))
-
-
 def data_for(experiment, root=None, test_limit=None) -> DataSplit:
     return load_dataset(experiment.dataset, root, train_limit=experiment.train_limit,
                         val_limit=experiment.val_limit, test_limit=test_limit)
-
-
-@torch.no_grad()
-def clean_accuracy(model, images, labels, batch_size: int = 500, device=None) -> float:
-    """Accuracy in eval mode, in percent, on uint8 or float images."""
-    device = device or next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    correct = torch.zeros((), device=device)
-    for x, y in DeviceLoader(images, labels, batch_size, device=device):
-        with autocast(torch.device(device)):
-            correct += (model(x).argmax(1) == y).sum()
-    model.train(was_training)
-    return 100.0 * correct.item() / max(len(labels), 1)
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
     return seed * 1_000_003 + epoch
 
 
-# The authors' softmax script validates AT / ALP models on PGD-7 images of the validation split.
-VALIDATION_PGD7 = AttackSpec("pgd", steps=7, random_start=True, label="pgd7")
 KEEP_REASONS = {"best_clean_val": "the best clean validation accuracy", "best_pgd7_val":
                 "the best PGD-7 validation accuracy", "last": "the last epoch"}
 
 
-def _validate(model, experiment, data, device, epoch: int) -> dict:
+def _validate(model, experiment, data, epoch: int) -> dict:
     """The epoch's validation numbers: clean accuracy, and PGD-7 accuracy when the keep rule needs it
     (seeded from the epoch, so a resumed run draws the same random starts)."""
-    from .evaluation import robust_accuracy
+    from .evaluation import accuracy, robust_accuracy
 
-    out = {"val_acc": clean_accuracy(model, data.x_val, data.y_val, device=device)}
+    out = {"val_acc": accuracy(model, data.x_val, data.y_val, batch_size=500, bf16=True)}
     if experiment.keep == "best_pgd7_val":
         torch.manual_seed(_epoch_seed(experiment.seed, epoch) + 500_000)
-        out["val_pgd7_acc"] = robust_accuracy(model, data.x_val, data.y_val, VALIDATION_PGD7)
+        out["val_pgd7_acc"] = robust_accuracy(model, data.x_val, data.y_val, PGD7)
     return out
 
 
@@ -160,10 +120,11 @@ def _from_store(experiment, store, device) -> TrainedRun:
     return TrainedRun(experiment, model, result, store.run_dir(experiment))
 
 
-def train(experiment, store: RunStore | None = None, *, data: DataSplit | None = None, device=None,
-          data_root=None, progress: bool = True, wait_for_claim: bool = True) -> TrainedRun | None:
+def train(experiment, store: RunStore | None = None, *, data: DataSplit | str | Path | None = None, device=None,
+          progress: bool = True, wait_for_claim: bool = True) -> TrainedRun | None:
     """Train an experiment, or return it from the store when it has finished already (or diverged).
-    An interrupted run resumes from its last checkpoint.
+    An interrupted run resumes from its last checkpoint. `data` is the loaded dataset, or the folder to
+    load it from (None: data/).
 
     Training claims the run through a lock file (claim.lock in its directory): another process that
     asks for the same experiment waits for it and then reads the result (or, with
@@ -187,7 +148,9 @@ def train(experiment, store: RunStore | None = None, *, data: DataSplit | None =
     try:
         if store.is_done(experiment):  # finished by the process we waited for
             return _from_store(experiment, store, device)
-        return _train_claimed(experiment, store, data, device, data_root, progress)
+        if not isinstance(data, DataSplit):
+            data = data_for(experiment, data)
+        return _train_claimed(experiment, store, data, device, progress)
     finally:
         claim.release()
 
@@ -199,96 +162,127 @@ def _kept_why(experiment, kept: dict, epochs: int) -> str:
     return f"epoch {kept['epoch']} of {epochs}: {KEEP_REASONS[experiment.keep]}{measured} (keep={experiment.keep})"
 
 
-def _train_claimed(experiment, store, data, device, data_root, progress) -> TrainedRun:
+@dataclass
+class _Training:
+    """What the epochs of one run share: model, optimiser, schedule, loader and crafting attack."""
+
+    model: Classifier
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    loader: DeviceLoader
+    spec: AttackSpec
+
+
+def _setup(experiment, data, device) -> _Training:
+    model = build_model(experiment, data.channels, data.num_classes).to(device)
+    optimizer = make_optimizer(model, experiment)
+    loader = DeviceLoader(data.x_train, data.y_train, min(experiment.batch_size, len(data.y_train)),
+                          shuffle=True, augment=experiment.augment, seed=experiment.seed, device=device,
+                          drop_last=True)
+    return _Training(model, optimizer, _make_scheduler(optimizer, experiment, len(loader)), loader,
+                     crafting_spec(experiment))
+
+
+def _resume(experiment, t: _Training, run_dir) -> tuple[int, float, dict | None]:
+    """(first epoch to train, best keep score so far, the kept epoch's record) from last.pt, if any.
+    metrics and best.pt may hold an epoch that last.pt does not (a kill between the writes): the
+    epochs after the checkpoint are trained again, and their lines written again."""
+    start_epoch, best_score, kept = 0, -math.inf, None
+    last_path = run_dir / "last.pt"
+    if last_path.exists():
+        state = load_checkpoint(last_path)  # raises CheckpointError with the path if corrupted
+        t.model.load_state_dict(state["model"])
+        t.optimizer.load_state_dict(state["optimizer"])
+        if t.scheduler is not None and state.get("scheduler"):
+            t.scheduler.load_state_dict(state["scheduler"])
+        start_epoch, best_score, kept = state["epoch"], state["best_score"], state["kept"]
+        print(f"resuming {experiment.label} from epoch {start_epoch} ({last_path})")
+    keep_epochs(run_dir / "metrics.jsonl", start_epoch)
+    if start_epoch == 0:
+        (run_dir / "best.pt").unlink(missing_ok=True)
+    return start_epoch, best_score, kept
+
+
+def _train_epoch(experiment, t: _Training, epoch: int, device, progress: bool) -> dict:
+    """One pass over the training images; returns the epoch's loss, accuracy, images and seconds."""
+    torch.manual_seed(_epoch_seed(experiment.seed, epoch))
+    t.loader.set_epoch(epoch)
+    t.model.train()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device)
+    seen = 0
+    t0 = time.perf_counter()
+    bar = tqdm(t.loader, desc=f"{experiment.label} epoch {epoch + 1}/{experiment.epochs}", disable=not progress,
+               leave=False)
+    for step, (x, y) in enumerate(bar):
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device):
+            loss, logits = defense_loss(t.model, x, y, experiment.defense, t.spec, experiment.craft_bn_mode,
+                                        experiment.objectives, experiment.craft_logits)
+        t.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        t.optimizer.step()
+        if isinstance(t.scheduler, torch.optim.lr_scheduler.OneCycleLR):
+            t.scheduler.step()
+        loss_sum += loss.detach().float() * len(y)
+        correct += (logits.detach().argmax(1) == y).sum()
+        seen += len(y)
+        if progress and step % 20 == 0:  # the only host-device syncs of the step loop
+            bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{100 * correct.item() / seen:.1f}",
+                            img_s=f"{seen / (time.perf_counter() - t0):.0f}")
+    return {"train_loss": loss_sum.item() / max(seen, 1), "train_acc": 100 * correct.item() / max(seen, 1),
+            "seen": seen, "seconds": time.perf_counter() - t0}
+
+
+def _train_claimed(experiment, store, data, device, progress) -> TrainedRun:
     run_dir = store.run_dir(experiment)
-    data = data or data_for(experiment, data_root)
     if data.name != experiment.dataset:
         raise ValueError(f"data is {data.name} but the experiment asks for {experiment.dataset}")
     data = data.limit(experiment.train_limit, experiment.val_limit)
     run_dir.mkdir(parents=True, exist_ok=True)
     remove_temporary_files(run_dir)
     write_checked_json(run_dir / "config.json", {"experiment": asdict(experiment), "key": experiment.key})
-
-    model = build_model(experiment, data.channels, data.num_classes).to(device)
-    optimizer = make_optimizer(model, experiment)
-    train_loader = DeviceLoader(data.x_train, data.y_train, min(experiment.batch_size, len(data.y_train)),
-                                shuffle=True, augment=experiment.augment, seed=experiment.seed, device=device,
-                                drop_last=True)
-    scheduler = _make_scheduler(optimizer, experiment, len(train_loader))
-    spec = crafting_spec(experiment)
-
-    start_epoch, best_score, kept = 0, -math.inf, None
-    last_path = run_dir / "last.pt"
-    if last_path.exists():
-        state = load_checkpoint(last_path)  # raises CheckpointError with the path if corrupted
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None and state.get("scheduler"):
-            scheduler.load_state_dict(state["scheduler"])
-        start_epoch, best_score, kept = state["epoch"], state["best_score"], state["kept"]
-        print(f"resuming {experiment.label} from epoch {start_epoch} ({last_path})")
-    # metrics and best.pt may hold an epoch that last.pt does not (a kill between the writes): the
-    # epochs after the checkpoint are trained again, and their lines written again
-    keep_epochs(run_dir / "metrics.jsonl", start_epoch)
-    if start_epoch == 0:
-        (run_dir / "best.pt").unlink(missing_ok=True)
+    t = _setup(experiment, data, device)
+    start_epoch, best_score, kept = _resume(experiment, t, run_dir)
 
     status = "finished"
     for epoch in range(start_epoch, experiment.epochs):
-        torch.manual_seed(_epoch_seed(experiment.seed, epoch))
-        train_loader.set_epoch(epoch)
-        model.train()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device)
-        seen = 0
-        t0 = time.perf_counter()
-        bar = tqdm(train_loader, desc=f"{experiment.label} epoch {epoch + 1}/{experiment.epochs}",
-                   disable=not progress, leave=False)
-        for step, (x, y) in enumerate(bar):
-            if device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
-            with autocast(device):
-                loss, logits = defense_loss(model, x, y, experiment.defense, spec, experiment.craft_bn_mode,
-                                            experiment.objectives, experiment.craft_logits)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR):
-                scheduler.step()
-            loss_sum += loss.detach().float() * len(y)
-            correct += (logits.detach().argmax(1) == y).sum()
-            seen += len(y)
-            if progress and step % 20 == 0:  # the only host-device syncs of the step loop
-                bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{100 * correct.item() / seen:.1f}",
-                                img_s=f"{seen / (time.perf_counter() - t0):.0f}")
-        train_loss = loss_sum.item() / max(seen, 1)
-        elapsed = time.perf_counter() - t0
-        if not math.isfinite(train_loss):
+        trained = _train_epoch(experiment, t, epoch, device, progress)
+        if not math.isfinite(trained["train_loss"]):
             status = "diverged"
-            append_jsonl(run_dir / "metrics.jsonl", {"epoch": epoch + 1, "train_loss": train_loss, "diverged": True})
+            append_jsonl(run_dir / "metrics.jsonl", {"epoch": epoch + 1, "train_loss": trained["train_loss"],
+                                                     "diverged": True})
             break
-        validation = _validate(model, experiment, data, device, epoch)
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            scheduler.step(train_loss)
-        record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "train_loss": train_loss,
-                  "train_acc": 100 * correct.item() / max(seen, 1), **validation,
-                  "images_per_s": seen / elapsed, "seconds": elapsed}
+        validation = _validate(t.model, experiment, data, epoch)
+        if isinstance(t.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            t.scheduler.step(trained["train_loss"])
+        record = {"epoch": epoch + 1, "lr": t.optimizer.param_groups[0]["lr"], "train_loss": trained["train_loss"],
+                  "train_acc": trained["train_acc"], **validation,
+                  "images_per_s": trained["seen"] / trained["seconds"], "seconds": trained["seconds"]}
         append_jsonl(run_dir / "metrics.jsonl", record)
         if progress:
             pgd7 = f" val PGD-7 {validation['val_pgd7_acc']:.1f}%" if "val_pgd7_acc" in validation else ""
-            print(f"{experiment.label} epoch {epoch + 1}: loss {train_loss:.3f} train acc {record['train_acc']:.1f}% "
-                  f"val acc {validation['val_acc']:.1f}%{pgd7} ({record['images_per_s']:.0f} img/s)")
+            print(f"{experiment.label} epoch {epoch + 1}: loss {record['train_loss']:.3f} train acc "
+                  f"{record['train_acc']:.1f}% val acc {validation['val_acc']:.1f}%{pgd7} "
+                  f"({record['images_per_s']:.0f} img/s)")
         score = _keep_score(experiment, record)
         if score > best_score:
             best_score, kept = score, {"epoch": epoch + 1, **validation}
-            save_checkpoint(run_dir / "best.pt", {"model": model.state_dict(), "epoch": epoch + 1})
-        save_checkpoint(last_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                                    "epoch": epoch + 1, "best_score": best_score, "kept": kept})
+            save_checkpoint(run_dir / "best.pt", {"model": t.model.state_dict(), "epoch": epoch + 1})
+        save_checkpoint(run_dir / "last.pt", {
+            "model": t.model.state_dict(), "optimizer": t.optimizer.state_dict(),
+            "scheduler": t.scheduler.state_dict() if t.scheduler is not None else None,
+            "epoch": epoch + 1, "best_score": best_score, "kept": kept})
         # The plateau schedule ends early once the rate has fallen a thousandfold.
-        if experiment.schedule == "plateau" and optimizer.param_groups[0]["lr"] < experiment.lr * 1e-3 + 1e-12:
+        if experiment.schedule == "plateau" and t.optimizer.param_groups[0]["lr"] < experiment.lr * 1e-3 + 1e-12:
             break
+    return _finish(experiment, store, t.model, status, kept, data, progress)
 
+
+def _finish(experiment, store, model, status: str, kept: dict | None, data, progress: bool) -> TrainedRun:
+    """Write result.json and return the run, with the kept weights loaded when it finished."""
+    run_dir = store.run_dir(experiment)
     metrics = store.metrics(experiment)
     finished = status == "finished"
     result = {"status": status, "label": experiment.label, "key": experiment.key,

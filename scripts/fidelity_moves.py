@@ -18,18 +18,18 @@ import dataclasses
 
 import pandas as pd
 
-from reproduce import RunStore, get_profile, load_dataset
+from reproduce import TABLE1, start
 from reproduce.evaluation import evaluate_white_box
-from reproduce.grid import table1_experiments, train_all
-from reproduce.protocol import TABLE1
-from reproduce.tables import table1, wide
-from reproduce.training import load_trained
+from reproduce.executors import train_all
+from reproduce.protocol import table1_experiments
+from reproduce.tables import compute, wide
 
 
-def _rows(experiments, store, x, y, profile):
+def _rows(run, experiments):
+    x, y = run.test_images()
     rows = {}
     for exp in experiments:
-        ev = evaluate_white_box(exp, load_trained(exp, store), x, y, TABLE1.specs(profile), store, progress=False,
+        ev = evaluate_white_box(exp, run.model(exp), x, y, TABLE1.specs(run.profile), run.store, progress=False,
                                 with_checks=False)
         rows[exp.label] = ev["row"]
     return pd.DataFrame(rows).T[TABLE1.keys]
@@ -56,19 +56,18 @@ def main() -> None:
     ap.add_argument("--before", default=None, help="Table I CSV (table1_white_box.csv) of an earlier version")
     args = ap.parse_args()
 
-    profile, store = get_profile(args.profile), RunStore(args.runs)
-    data = load_dataset(args.dataset, args.data)
-    x, y = data.test_images(profile.test_limit)
-    cells, _ = table1(profile, args.dataset, data, store, progress=False)
+    run = start(args.profile, args.dataset, runs_dir=args.runs, data_dir=args.data, progress=False)
+    store = run.store
+    cells, _ = compute(run, TABLE1)
     after = wide(cells)[TABLE1.keys]
     any_iterate = wide(cells.assign(accuracy=cells["any_iterate"]))[TABLE1.keys]
     out = [_moves("Scoring: any iterate (before) -> final iterate (after)", any_iterate, after)]
 
-    exps = {e.label: e for e in table1_experiments(profile, args.dataset) if e.seed == 0}
+    exps = {e.label: e for e in table1_experiments(run) if e.seed == 0}
     crafted = [dataclasses.replace(exps[label], craft_logits="prediction") for label in ("AAML-AT", "AAML-ALP")]
-    train_all(crafted, store, progress=False)
+    train_all(run, crafted)
     out.append(_moves("AAML crafting: prediction logits (before) -> margin logits (after)",
-                      _rows(crafted, store, x, y, profile), after.loc[["AAML-AT", "AAML-ALP"]]))
+                      _rows(run, crafted), after.loc[["AAML-AT", "AAML-ALP"]]))
 
     variants = []
     for exp in exps.values():
@@ -78,9 +77,9 @@ def main() -> None:
         best_clean = max(range(len(metrics)), key=lambda i: (metrics[i]["val_acc"], -i)) + 1
         if best_clean != store.result(exp)["kept_epoch"]:
             variants.append(dataclasses.replace(exp, keep="best_clean_val"))
-    train_all(variants, store, progress=False)
+    train_all(run, variants)
     labels = [v.label for v in variants]
-    kept = _rows(variants, store, x, y, profile) if variants else after.iloc[:0]
+    kept = _rows(run, variants) if variants else after.iloc[:0]
     out.append(_moves("Checkpoint: best clean validation epoch (before) -> the authors' rule (after); models "
                       f"whose two epochs differ: {', '.join(labels) or 'none'}", kept, after.loc[labels]))
 

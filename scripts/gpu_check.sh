@@ -42,6 +42,7 @@ else
           --budget "restarts=${RESTARTS:-5}" --budget autoattack=apgd --budget autoattack_steps=50)
   FILL_BUDGET=(--budget "epochs=${FILL_EPOCHS:-2}")
 fi
+UM='SM-UM ConL-UM TL-UM CenL-UM AAML-UM'
 failed=()
 step() {
   local name=$1; shift
@@ -50,13 +51,13 @@ step() {
   "$@" || failed+=("$name")
   echo "== $name: $((SECONDS - start)) s"
 }
-fill() {  # the five surrogates (UM) of the quick profile: one process, then several on one device
+fill() {  # the five UM models of the quick profile: one process, then several on one device
   local start=$SECONDS
-  $PY -m reproduce grid --table surrogates --profile $PROFILE --dataset fashion-mnist --device $DEVICE --quiet \
+  $PY -m reproduce grid --table table1 --only $UM --profile $PROFILE --dataset fashion-mnist --device $DEVICE --quiet \
     --runs "$OUT/fill-one" "${FILL_BUDGET[@]}" || return 1
   local one=$((SECONDS - start))
   start=$SECONDS
-  $PY -m reproduce grid --table surrogates --profile $PROFILE --dataset fashion-mnist --quiet --executor local \
+  $PY -m reproduce grid --table table1 --only $UM --profile $PROFILE --dataset fashion-mnist --quiet --executor local \
     "${FILL[@]}" --runs "$OUT/fill-many" "${FILL_BUDGET[@]}" || return 1
   local many=$((SECONDS - start))
   echo "{\"models\": 5, \"one_process_s\": $one, \"workers_s\": $many, \"workers\": \"${FILL[*]}\"}" \

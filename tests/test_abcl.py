@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from reproduce import abcl
-from reproduce.config import make_experiment
+from reproduce.config import get_profile, make_experiment
 from reproduce.losses import loss_recipe
 from reproduce.models import build_model
 from reproduce.training import make_optimizer
@@ -29,7 +29,7 @@ def test_an_unknown_optimiser_is_refused_before_training():
 
 def test_every_recipe_of_the_search_is_a_distinct_run_at_k_512_64():
     exps = [make_experiment("HT-SCE+AB", "UM", "smoke", "fashion-mnist", **settings)
-            for settings in abcl.recipes("smoke").values()]
+            for settings in abcl.recipes(get_profile("smoke")).values()]
     assert len({e.key for e in exps}) == len(exps)
     assert all(e.params["k1"] == 512 and e.params["k2"] == 64 for e in exps)
     default = make_experiment("HT-SCE+AB", "UM", "smoke", "fashion-mnist")

@@ -4,7 +4,9 @@ import torch.nn as nn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reproduce.attacks import AttackSpec, attack, attack_all_restarts, table1_specs
+from reproduce.attacks import AttackSpec, attack, attack_all_restarts
+from reproduce.config import get_profile
+from reproduce.protocol import TABLE1
 
 
 def small_model(seed: int) -> nn.Module:
@@ -56,8 +58,8 @@ def test_train_mode_crafting_uses_batch_statistics():
 
 
 def test_table1_has_the_six_columns_of_the_protocol():
-    specs = {s.column: s for s in table1_specs()}
-    assert list(specs) == ["fgsm", "bim7", "pgd7", "pgd20", "pgd20x20", "mim40"]
+    specs = {s.column: s for s in TABLE1.specs(get_profile("paper"))}
+    assert list(specs) == ["fgsm", "bim7", "pgd7", "pgd20", "pgd20x20", "mim40", "aa"]
     assert specs["fgsm"].step == specs["fgsm"].eps == pytest.approx(8 / 255)
     assert specs["bim7"].steps == 7 and not specs["bim7"].random_start and specs["bim7"].step == pytest.approx(2 / 255)
     assert specs["pgd7"].random_start and specs["pgd20"].steps == 20

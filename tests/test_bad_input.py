@@ -80,7 +80,7 @@ def test_table1_command_refuses_an_unknown_model_or_budget_before_any_work(tmp_p
         main(["table1", "--profile", "smoke", "--only", "SM-XX", "--runs", runs])
     assert main(["table1", "--profile", "smoke", "--budget", "epoch=3", "--runs", runs]) == 2
     assert "unknown profile fields ['epoch']" in capsys.readouterr().err
-    assert main(["grid", "--table", "1", "--profile", "smoke", "--budget", "epochs=two", "--runs", runs]) == 2
+    assert main(["grid", "--table", "table1", "--profile", "smoke", "--budget", "epochs=two", "--runs", runs]) == 2
     assert "profile field epochs='two': expected int" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
 

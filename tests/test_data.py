@@ -6,9 +6,9 @@ import torch
 from conftest import DEVICE, needs_fashion, write_cifar10, write_idx
 from torchvision.transforms import v2
 
-from reproduce.data import (
+from reproduce.data import DatasetMissing, load_dataset
+from reproduce.loader import (
     PADDING,
-    DatasetMissing,
     DeviceLoader,
     augment,
     augment_padded,
@@ -16,7 +16,6 @@ from reproduce.data import (
     crop_and_flip_windows,
     draw_augmentation,
     erase,
-    load_dataset,
 )
 
 

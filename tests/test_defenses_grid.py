@@ -6,9 +6,11 @@ import torch.nn.functional as F
 
 from reproduce.attacks import AttackSpec
 from reproduce.config import make_experiment
+from reproduce.context import Run
 from reproduce.defenses import defense_loss
-from reproduce.grid import experiments_for, table1_experiments, table4_experiments, train_all
+from reproduce.executors import train_all
 from reproduce.models import build_model
+from reproduce.protocol import TABLE2, TABLES, table1_experiments, table4_experiments
 from reproduce.store import RunStore
 
 
@@ -59,29 +61,29 @@ def test_um_is_the_plain_loss():
 
 
 def test_grid_shapes():
-    t1 = table1_experiments("smoke", "cifar10")
+    run = Run("smoke", "cifar10")
+    t1 = table1_experiments(run)
     assert [e.label for e in t1[:3]] == ["SM-UM", "SM-AT", "SM-ALP"] and len(t1) == 15
     assert len({e.key for e in t1}) == 15
-    t4 = table4_experiments("smoke", "cifar10")
+    t4 = table4_experiments(run)
     assert len(t4) == 20 and all(e.label == "AAML-AT" for e in t4)
     # Table IV's (m = 0.2, s = 2) is Table I's AAML-AT: trained once
     assert t1[-2].key in {e.key for e in t4}
-    both = experiments_for("2", "smoke", "cifar10")
+    both = TABLE2.experiments(run)
     assert len(both) == 20 and {e.seed for e in both[15:]} == {1000}
-    with pytest.raises(ValueError, match="unknown table"):
-        experiments_for("9")
+    assert list(TABLES) == ["table1", "table2", "table3", "table4"]
 
 
 def test_grid_skips_stored_runs_and_retrains_only_a_deleted_one(tmp_path, cifar_root):
     store = RunStore(tmp_path / "runs")
     exps = [make_experiment(loss, d, "smoke", "cifar10", width=4, epochs=1, batch_size=100, attack_steps=1)
             for loss, d in (("SM", "UM"), ("TL", "AT"), ("AAML", "ALP"))]
-    train_all(exps, store, data_root=cifar_root, progress=False)
+    train_all(Run("smoke", "cifar10", store=store, data_root=cifar_root, progress=False), exps)
     stamps = {e: (store.run_dir(e) / "result.json").stat().st_mtime_ns for e in exps}
-    train_all(exps, store, data_root=cifar_root, progress=False)
+    train_all(Run("smoke", "cifar10", store=store, data_root=cifar_root, progress=False), exps)
     assert {e: (store.run_dir(e) / "result.json").stat().st_mtime_ns for e in exps} == stamps
     shutil.rmtree(store.run_dir(exps[1]))
-    train_all(exps, store, data_root=cifar_root, progress=False)
+    train_all(Run("smoke", "cifar10", store=store, data_root=cifar_root, progress=False), exps)
     after = {e: (store.run_dir(e) / "result.json").stat().st_mtime_ns for e in exps}
     assert after[exps[0]] == stamps[exps[0]] and after[exps[2]] == stamps[exps[2]]
     assert after[exps[1]] != stamps[exps[1]]
@@ -92,7 +94,7 @@ def test_a_diverging_run_is_recorded_and_the_grid_completes(tmp_path, cifar_root
     bad = make_experiment("AAML", "AT", "smoke", "cifar10", width=4, epochs=1, batch_size=100, attack_steps=1,
                           lr=1e8, schedule="constant")
     good = make_experiment("SM", "UM", "smoke", "cifar10", width=4, epochs=1, batch_size=100)
-    runs = train_all([bad, good], store, data_root=cifar_root, progress=False)
+    runs = train_all(Run("smoke", "cifar10", store=store, data_root=cifar_root, progress=False), [bad, good])
     assert runs[bad].diverged and store.result(bad)["status"] == "diverged"
     assert runs[good].result["status"] == "finished"
 

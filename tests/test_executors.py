@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from reproduce.config import make_experiment
+from reproduce.context import Run
 from reproduce.executors import run_grid, worker_devices
 from reproduce.store import RunStore, load_checkpoint
 
@@ -14,6 +15,10 @@ from reproduce.store import RunStore, load_checkpoint
 def _grid():
     return [make_experiment(loss, "UM", "smoke", "cifar10", width=4, epochs=2, batch_size=64, train_limit=256,
                             val_limit=64) for loss in ("SM", "CenL", "AAML", "CosFace")]
+
+
+def _run(root, cifar_root=None, **kw):
+    return Run("smoke", "cifar10", store=RunStore(root), device="cpu", data_root=cifar_root, progress=False, **kw)
 
 
 def _threads_of_one_of_two_workers():
@@ -27,11 +32,10 @@ def test_two_local_workers_train_the_grid_as_one_process_does(tmp_path, cifar_ro
     exps = _grid()
     threads = _threads_of_one_of_two_workers()
     try:
-        one = run_grid(exps, RunStore(tmp_path / "one"), device="cpu", data_root=cifar_root, progress=False)
+        one = run_grid(_run(tmp_path / "one", cifar_root), exps)
     finally:
         torch.set_num_threads(threads)
-    two = run_grid(exps, RunStore(tmp_path / "two"), executor="local", workers=2, device="cpu",
-                   data_root=cifar_root, progress=False)
+    two = run_grid(_run(tmp_path / "two", cifar_root), exps, executor="local", workers=2)
     for exp in exps:
         a, b = one[exp], two[exp]
         assert a.run_dir.name == b.run_dir.name
@@ -50,7 +54,7 @@ def test_worker_devices_share_gpus_and_refuse_too_many_workers():
     with pytest.raises(ValueError, match="do not fit on 2 GPU"):
         worker_devices(5, [0, 1], 2)
     with pytest.raises(ValueError, match="workers must be at least 1"):
-        run_grid(_grid(), RunStore("unused"), executor="local", workers=0)
+        run_grid(_run("unused"), _grid(), executor="local", workers=0)
 
 
 def test_a_slurm_grid_is_submitted_as_a_job_array_with_its_options(tmp_path, monkeypatch):
@@ -61,7 +65,7 @@ def test_a_slurm_grid_is_submitted_as_a_job_array_with_its_options(tmp_path, mon
     for tool in ("sbatch", "srun"):
         (bin_dir / tool).chmod(stat.S_IRWXU)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    jobs = run_grid(_grid(), RunStore(tmp_path / "runs"), executor="slurm", workers=3, wait=False,
+    jobs = run_grid(_run(tmp_path / "runs"), _grid(), executor="slurm", workers=3, wait=False,
                     slurm={"slurm_partition": "gpu", "timeout_min": 120, "gpus_per_node": 1})
     assert [job.job_id for job in jobs] == ["4242_0", "4242_1", "4242_2"]
     script = (tmp_path / "submitted.sh").read_text()
@@ -82,9 +86,10 @@ def test_two_local_workers_fill_the_evaluation_cache_with_the_sequential_numbers
 
     prof = get_profile("smoke", test_limit=16, restarts=2, mim_steps=3, autoattack_steps=2)
     exps = _grid()[:2]
-    run_grid(exps, RunStore(tmp_path / "one"), device="cpu", data_root=cifar_root, progress=False)
+    run_grid(_run(tmp_path / "one", cifar_root), exps)
     shutil.copytree(tmp_path / "one", tmp_path / "two")
-    evaluate_grid(exps, prof, "cifar10", RunStore(tmp_path / "two"), workers=2, device="cpu", data_root=cifar_root)
+    evaluate_grid(Run(prof, "cifar10", store=RunStore(tmp_path / "two"), device="cpu", data_root=cifar_root), exps,
+                  workers=2)
     data = load_dataset("cifar10", cifar_root, test_limit=16)
     threads = _threads_of_one_of_two_workers()
     try:  # sequential, in the other store; then the workers' cache, read without computing

@@ -1,6 +1,7 @@
 """What the tables compute: the authors' defence objectives, Table III's scoring, ArcFace past pi,
 run hashes that never serve a stale number, and the interval of each accuracy."""
 import math
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -381,11 +382,11 @@ def test_a_changed_default_or_protocol_version_names_a_new_run(monkeypatch):
     assert make_experiment("AAML", "AT", "smoke").key == before
     specs = [AttackSpec("fgsm", step=8 / 255)]
     images = torch.zeros(4, 1, 2, 2)
-    cache = evaluation._cache_name("white_box", specs, images)
+    cache = evaluation.cache_name("column-fgsm", images, spec=asdict(specs[0]))
     monkeypatch.setattr(config, "PROTOCOL_VERSION", config.PROTOCOL_VERSION + 1)
     monkeypatch.setattr(evaluation, "PROTOCOL_VERSION", config.PROTOCOL_VERSION)
     assert make_experiment("AAML", "AT", "smoke").key != before
-    assert evaluation._cache_name("white_box", specs, images) != cache
+    assert evaluation.cache_name("column-fgsm", images, spec=asdict(specs[0])) != cache
 
 
 def test_eps_zero_runs_the_attack_and_returns_the_clean_images():
@@ -446,13 +447,14 @@ def test_tables_show_intervals_seed_spread_and_no_cross_dataset_difference():
 
 def test_seeds_budget_trains_every_table_model_per_seed_with_distinct_surrogates():
     from reproduce.config import get_profile
-    from reproduce.grid import surrogate_experiments, table1_experiments, table4_experiments
+    from reproduce.context import Run
+    from reproduce.protocol import surrogate_experiments, table1_experiments, table4_experiments
 
-    prof = get_profile("smoke", seeds=2)
-    t1, sur = table1_experiments(prof, "cifar10"), surrogate_experiments(prof, "cifar10")
+    run = Run(get_profile("smoke", seeds=2), "cifar10")
+    t1, sur = table1_experiments(run), surrogate_experiments(run)
     assert len(t1) == 30 and {e.seed for e in t1} == {0, 1} and len({e.key for e in t1}) == 30
     assert {e.seed for e in sur} == {1000, 1001} and not {e.key for e in sur} & {e.key for e in t1}
-    assert len(table4_experiments(prof, "cifar10")) == 40
+    assert len(table4_experiments(run)) == 40
 
 
 def test_center_loss_centres_are_learned_not_only_decayed(tmp_path, cifar_root):
@@ -464,7 +466,7 @@ def test_center_loss_centres_are_learned_not_only_decayed(tmp_path, cifar_root):
         exp = make_experiment("CenL", "UM", "smoke", "cifar10", width=8, epochs=1, batch_size=64,
                               loss_params={"weight": weight})
         before = build_model(exp, 3, 10).criterion.centers.detach().clone()
-        run = train(exp, RunStore(tmp_path), data_root=cifar_root, progress=False)
+        run = train(exp, RunStore(tmp_path), data=cifar_root, progress=False)
         moved[weight] = (run.model.criterion.centers.detach() - before).norm().item()
     assert moved[0.005] > 5 * moved[0.0] > 0
 
@@ -558,19 +560,20 @@ def test_keep_rule_defaults_are_the_authors():
 
 
 def test_runs_keep_the_epoch_their_rule_chooses_and_say_why(tmp_path, cifar_root):
+    from reproduce.attacks import PGD7 as VALIDATION_PGD7
     from reproduce.store import RunStore, load_checkpoint
-    from reproduce.training import VALIDATION_PGD7, _epoch_seed, train
+    from reproduce.training import _epoch_seed, train
 
     store = RunStore(tmp_path / "runs")
     last = make_experiment("ConL", "UM", "smoke", "cifar10", width=4, epochs=3, batch_size=64, train_limit=256)
-    run = train(last, store, data_root=cifar_root, progress=False)
+    run = train(last, store, data=cifar_root, progress=False)
     assert last.keep == "last" and run.result["kept_epoch"] == 3 and "the last epoch" in run.result["kept_why"]
     kept, final = (load_checkpoint(run.run_dir / n)["model"] for n in ("best.pt", "last.pt"))
     assert all(torch.equal(kept[k], final[k]) for k in kept)
 
     sm_at = make_experiment("SM", "AT", "smoke", "cifar10", width=4, epochs=3, batch_size=64, train_limit=128,
                             val_limit=100)
-    run = train(sm_at, store, data_root=cifar_root, progress=False)
+    run = train(sm_at, store, data=cifar_root, progress=False)
     metrics = store.metrics(sm_at)
     pgd7 = [m["val_pgd7_acc"] for m in metrics]
     best = max(range(3), key=lambda i: (pgd7[i], -i))  # the first epoch with the best PGD-7 accuracy
@@ -622,10 +625,13 @@ def test_seed_interval_covers_the_true_accuracy_where_pooling_seeds_does_not():
 
 
 def test_table1_notes_say_whether_the_checks_passed_and_how_attacks_were_scored():
-    from reproduce.tables import table1_notes
+    from reproduce.context import Run
+    from reproduce.protocol import TABLE1
+    from reproduce.tables import notes
 
-    passed = table1_notes({"SM-UM": []}, "smoke")
+    run = Run("smoke")
+    passed = notes(run, TABLE1, {"SM-UM": []})
     assert passed[0].startswith("All sanity checks passed") and "final iterate" in passed[1]
-    failed = table1_notes({"SM-UM": ["pgd20 (50.00) exceeds clean (40.00)"]}, "smoke", "any_iterate")
+    failed = notes(run, TABLE1, {"SM-UM": ["pgd20 (50.00) exceeds clean (40.00)"]}, "any_iterate")
     assert failed[0].startswith("CHECK FAILED for SM-UM") and not any(n.startswith("All") for n in failed)
     assert "every iterate" in failed[1]

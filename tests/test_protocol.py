@@ -6,21 +6,27 @@ import pandas as pd
 
 from reproduce import evaluation, protocol, tables
 from reproduce.attacks import AttackSpec
+from reproduce.cli import main
 from reproduce.config import get_profile
-from reproduce.data import load_dataset
-from reproduce.grid import table1_experiments
+from reproduce.context import Run
+from reproduce.plan import plan
 from reproduce.store import RunStore
 from reproduce.training import train
 
 
-def test_a_new_column_is_computed_alone_and_shows_no_paper_number(tmp_path, cifar_root, monkeypatch):
+def _tiny_run(tmp_path, cifar_root):
     prof = get_profile("smoke", width=4, epochs=1, train_limit=64, val_limit=32, test_limit=24, restarts=2,
                        mim_steps=3, autoattack_steps=2)
-    data = load_dataset("cifar10", cifar_root, test_limit=24)
-    store = RunStore(tmp_path / "runs")
-    sm_um = next(e for e in table1_experiments(prof, "cifar10") if e.label == "SM-UM")
-    train(sm_um, store, data=data, device="cpu", progress=False)
-    before, _ = tables.table1(prof, "cifar10", data, store, device="cpu", progress=False)
+    return Run(prof, "cifar10", store=RunStore(tmp_path / "runs"), device="cpu", data_root=cifar_root,
+               figures_root=tmp_path / "figures", progress=False)
+
+
+def test_a_new_column_is_one_column_in_protocol_and_is_computed_alone(tmp_path, cifar_root, monkeypatch):
+    run = _tiny_run(tmp_path, cifar_root)
+    sm_um = next(e for e in protocol.TABLE1.models(run) if e.label == "SM-UM")
+    train(sm_um, run.store, data=run.data, device="cpu", progress=False)
+    before, _ = tables.compute(run, protocol.TABLE1)
+    passes_before = sum(r["passes"] for r in plan(run)[0])
 
     computed = []
     real = evaluation.robust_scores
@@ -30,12 +36,12 @@ def test_a_new_column_is_computed_alone_and_shows_no_paper_number(tmp_path, cifa
         return real(model, x, y, spec, **kw)
 
     monkeypatch.setattr(evaluation, "robust_scores", counting)
+    # the whole change a new column needs: one Column in the table's definition (protocol.py)
     dummy = protocol.Column("fgsm4", "FGSM 4/255", lambda p: AttackSpec("fgsm", eps=4 / 255, label="fgsm4"),
                             in_paper=False)
     table = replace(protocol.TABLE1, columns=protocol.TABLE1.columns + (dummy,))
-    monkeypatch.setattr(tables, "TABLE1", table)
-    monkeypatch.setitem(tables.TABLES, "table1", table)
-    after, _ = tables.table1(prof, "cifar10", data, store, device="cpu", progress=False)
+    monkeypatch.setitem(protocol.TABLES, "table1", table)
+    after, _ = tables.compute(run, table)
 
     assert computed == ["fgsm4"]  # one model trained, one new column: nothing else recomputed
     old, new = tables.wide(before), tables.wide(after)
@@ -46,6 +52,29 @@ def test_a_new_column_is_computed_alone_and_shows_no_paper_number(tmp_path, cifa
     assert "FGSM 4/255" in md.splitlines()[4] and f"{new.loc['SM-UM', 'fgsm4']:.2f} ±" in md
     sm_line = next(line for line in md.splitlines() if line.startswith("| SM-UM"))
     assert sm_line.rstrip(" |").endswith("/ -")  # the paper has no such column
+    # the plan prices it: one FGSM pass per test image for each of the 15 models
+    assert sum(r["passes"] for r in plan(run)[0]) == passes_before + 15 * 24
+
+
+def test_a_new_table_is_one_table_in_protocol(tmp_path, cifar_root, monkeypatch, capsys):
+    run = _tiny_run(tmp_path, cifar_root)
+    # the whole change a new table needs: one Table added to protocol.TABLES
+    ours = protocol.Table("fgsm_um", "UM models under FGSM and PGD-7 (%)", "fgsm_um", "model", None,
+                          (protocol.CLEAN, protocol.FGSM, protocol.PGD7_COLUMN),
+                          lambda run: [e for e in protocol.table1_experiments(run) if e.defense == "UM"][:2])
+    monkeypatch.setitem(protocol.TABLES, "fgsm_um", ours)
+    assert main(["grid", "--table", "fgsm_um", "--profile", "smoke", "--dataset", "cifar10", "--quiet",
+                 "--runs", str(run.store.root), "--data", str(cifar_root), "--device", "cpu",
+                 "--budget", "width=4", "--budget", "epochs=1", "--budget", "train_limit=64",
+                 "--budget", "val_limit=32"]) == 0  # the command line offers it and trains its models
+    assert all(run.finished(e) for e in ours.models(run))
+    cells, flags = tables.compute(run, ours)
+    assert set(cells["row"]) == {"SM-UM", "ConL-UM"} and cells["accuracy"].notna().all() and flags["SM-UM"] == []
+    md = tables.write(run, ours, cells, flags)
+    assert md.startswith("### UM models under FGSM and PGD-7") and (run.out_dir / "fgsm_um_intervals.csv").exists()
+    rows = [r for r in plan(run)[0] if r["group"] == "fgsm_um"]
+    assert [r["what"] for r in rows] == ["fgsm_um: evaluate 2 models"]  # its models are Table I's: trained once
+    assert rows[0]["passes"] == 2 * 24 * (1 + 1 + 7)  # clean, FGSM and PGD-7 on each test image
 
 
 def test_every_table_reads_its_definition():

@@ -10,8 +10,9 @@ import torch
 from conftest import needs_fashion
 
 from reproduce.config import make_experiment
+from reproduce.evaluation import accuracy
 from reproduce.store import CheckpointError, RunStore, load_checkpoint, save_checkpoint
-from reproduce.training import clean_accuracy, train
+from reproduce.training import train
 
 
 def tiny(loss="SM", defense="UM", **kw):
@@ -64,10 +65,10 @@ def test_checkpoint_never_unpickles_code(tmp_path):
 def test_finished_run_is_returned_not_retrained(tmp_path, cifar_root):
     store = RunStore(tmp_path / "runs")
     exp = tiny()
-    first = train(exp, store, data_root=cifar_root, progress=False)
+    first = train(exp, store, data=cifar_root, progress=False)
     assert first.result["status"] == "finished"
     files = {p.name: p.stat().st_mtime_ns for p in first.run_dir.iterdir()}
-    second = train(exp, store, data_root=cifar_root, progress=False)
+    second = train(exp, store, data=cifar_root, progress=False)
     assert {p.name: p.stat().st_mtime_ns for p in second.run_dir.iterdir()} == files
     assert all(torch.equal(p, q) for p, q in zip(first.model.parameters(), second.model.parameters()))
     config = json.loads((first.run_dir / "config.json").read_text())
@@ -77,7 +78,7 @@ def test_finished_run_is_returned_not_retrained(tmp_path, cifar_root):
 
 def test_divergence_is_recorded_not_raised(tmp_path, cifar_root):
     store = RunStore(tmp_path / "runs")
-    run = train(tiny("AAML", lr=1e8, schedule="constant"), store, data_root=cifar_root, progress=False)
+    run = train(tiny("AAML", lr=1e8, schedule="constant"), store, data=cifar_root, progress=False)
     assert run.diverged and run.model is None
     assert store.result(run.experiment)["status"] == "diverged"
     metrics = (store.run_dir(run.experiment) / "metrics.jsonl").read_text()
@@ -131,12 +132,12 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_numbers(tmp_path):
 def test_corrupted_last_checkpoint_stops_resume_with_its_path(tmp_path, cifar_root):
     store = RunStore(tmp_path / "runs")
     exp = tiny(epochs=3)
-    train(exp, store, data_root=cifar_root, progress=False)
+    train(exp, store, data=cifar_root, progress=False)
     run_dir = store.run_dir(exp)
     (run_dir / "result.json").unlink()  # pretend it stopped early
     (run_dir / "last.pt").write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="last.pt"):
-        train(exp, store, data_root=cifar_root, progress=False)
+        train(exp, store, data=cifar_root, progress=False)
 
 
 @needs_fashion
@@ -146,7 +147,7 @@ def test_smoke_softmax_reaches_80_percent_on_fashion_mnist(tmp_path, fashion):
     start = time.perf_counter()
     run = train(exp, RunStore(tmp_path), data=fashion, device="cpu", progress=False)
     assert time.perf_counter() - start < 300
-    assert clean_accuracy(run.model, fashion.x_test, fashion.y_test) >= 80.0
+    assert accuracy(run.model, fashion.x_test, fashion.y_test) >= 80.0
 
 
 CRASHING_TRAIN = """
@@ -202,7 +203,7 @@ def test_a_damaged_or_edited_store_file_is_named_or_recomputed(tmp_path, cifar_r
 
     store = RunStore(tmp_path / "runs")
     exp = tiny(epochs=1)
-    run = train(exp, store, data_root=cifar_root, progress=False)
+    run = train(exp, store, data=cifar_root, progress=False)
     x, y = torch.rand(8, 3, 32, 32), torch.randint(0, 10, (8,))
     evaluate_columns(exp, run.model, x, y, [], store, progress=False)
     cache = next((run.run_dir / "eval").glob("*.json"))

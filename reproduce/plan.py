@@ -1,0 +1,80 @@
+"""`python -m reproduce plan`: what a profile computes, priced from the definitions of the tables.
+
+Cost model: one image pass is the forward and backward pass of one image, what one clean training step
+or one attack step costs per image; AT costs (1 + crafting steps) passes per training image, ALP
+(2 + steps); an attack costs protocol.passes(spec) per test image. Measured rates (`bench --json` on the
+target device) turn passes into device seconds.
+"""
+from __future__ import annotations
+
+from .abcl import SCALE_SWEEP_LOSSES
+from .evaluation import EPS_SWEEP
+from .protocol import APPENDIX_COLUMNS, CLEAN, ITERATION_SWEEP, TABLES, Table, passes
+
+TRAIN_IMAGES = {"cifar10": 45_000, "fashion-mnist": 55_000, "mnist": 55_000}
+TEST_IMAGES = 10_000
+PASSES_PER_IMAGE = {"UM": 1, "AT": 8, "ALP": 9}  # a clean step; PGD-7 crafting + the step; + the clean pass
+
+
+def _training_passes(run, exp) -> float:
+    n_train = TRAIN_IMAGES[run.dataset]
+    return min(n_train, exp.train_limit or n_train) * exp.epochs * PASSES_PER_IMAGE[exp.defense]
+
+
+def _evaluation_rows(run, table: Table, n_test: int) -> list[dict]:
+    """What evaluating one table costs: its attacks on each model (white-box; clean is always measured,
+    and Table I's eps curve is its PGD-7 at each eps), or its attack crafted in full on each surrogate,
+    every restart (transfer tables, as Table III scores them)."""
+    specs = [c.spec(run.profile) for c in table.attacks]
+    if table.surrogates is not None:
+        surrogates = table.surrogates(run)
+        crafting = sum(s.steps * s.restarts for s in specs)
+        return [{"what": f"{table.name}: craft {table.attack.key} on {len(surrogates)} surrogates",
+                 "group": table.name, "notebook": table.notebook, "passes": len(surrogates) * n_test * crafting}]
+    per_model = sum(passes(s) for s in specs) + (0 if CLEAN in table.attacks else 1)
+    per_model += 7 * len(EPS_SWEEP) if table.checks else 0
+    models = table.models(run)
+    if table.checks:  # a row per model: the evaluation the table's notebook waits on longest
+        return [{"what": f"evaluate {e.label} ({table.name} + eps curve)", "group": table.name,
+                 "notebook": table.notebook, "passes": n_test * per_model} for e in models]
+    return [{"what": f"{table.name}: evaluate {len(models)} models", "group": table.name,
+             "notebook": table.notebook, "passes": len(models) * n_test * per_model}]
+
+
+def plan(run, rates: dict | None = None) -> tuple[list[dict], float | None]:
+    """Every experiment and evaluation the run's profile computes, with its cost in image passes and,
+    given measured rates, in device seconds: the tables of protocol.TABLES from their definitions, the
+    robustness curves against PGD steps and the appendix grids. `rates` is the JSON of `bench` on the
+    target device; its `um_epoch_img_s` (image passes per second) must be measured at the profile's
+    width, else the estimate would be off by the ratio of the two networks' costs. Returns the rows
+    and the total seconds (None without rates)."""
+    prof = run.profile
+    rate = None
+    if rates is not None:
+        rate = rates.get("um_epoch_img_s")
+        if rate is None:
+            raise ValueError("the bench JSON has no um_epoch_img_s: write it with `python -m reproduce bench --json`")
+        if rates.get("model_width", prof.width) != prof.width:
+            raise ValueError(f"the bench measured a width-{rates['model_width']} network but profile {prof.name} "
+                             f"trains width {prof.width}: run `python -m reproduce bench --json` on the device the "
+                             f"profile is meant for (a GPU bench measures width 64)")
+    n_test = min(TEST_IMAGES, prof.test_limit or TEST_IMAGES)
+    rows, seen = [], set()
+    for table in TABLES.values():
+        for e in table.experiments(run):
+            if e.key not in seen:
+                seen.add(e.key)
+                rows.append({"what": f"train {e.label} {e.changed_params or ''}".strip(), "group": table.name,
+                             "notebook": table.trained_in, "passes": _training_passes(run, e)})
+    for table in TABLES.values():
+        rows += _evaluation_rows(run, table, n_test)
+    rows.append({"what": "robustness against PGD iterations, 4 models", "group": "curves", "notebook": "03",
+                 "passes": prof.seeds * 4 * n_test * sum(ITERATION_SWEEP)})
+    appendix = 9 + 10 * len(SCALE_SWEEP_LOSSES) + 5  # (k1, k2) grid, scale sweep, recipe search: UM ResNets
+    n_train = min(TRAIN_IMAGES[run.dataset], prof.train_limit or TRAIN_IMAGES[run.dataset])
+    per_cell = sum(passes(c.spec(prof)) for c in APPENDIX_COLUMNS)
+    rows.append({"what": f"appendix B/C: {appendix} UM models + evaluation", "group": "appendix", "notebook": "06",
+                 "passes": appendix * (n_train * prof.epochs + n_test * per_cell)})
+    for r in rows:
+        r["seconds"] = r["passes"] / rate if rate else None
+    return rows, (sum(r["seconds"] for r in rows) if rate else None)
