@@ -105,11 +105,11 @@ def cmd_grid(args) -> int:
     gpus = [int(g) for g in args.gpus.split(",")] if args.gpus else []
     runs = run_grid(run, exps, executor=args.executor, workers=args.workers, gpus=gpus,
                     workers_per_gpu=args.workers_per_gpu, slurm=slurm)
-    for exp, run in runs.items():
-        acc = run.result["kept_val_acc"]
+    for exp, trained in runs.items():
+        acc = trained.result["kept_val_acc"]
         shown = f"{acc:.2f}" if acc is not None else "-"
-        print(f"{exp.label:10s} {str(exp.changed_params or ''):24s} {run.result['status']:9s} val {shown:>6s}  "
-              f"{run.run_dir}")
+        print(f"{exp.label:10s} {str(exp.changed_params or ''):24s} {trained.result['status']:9s} val {shown:>6s}  "
+              f"{trained.run_dir}")
     return 0
 
 

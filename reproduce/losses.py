@@ -4,7 +4,7 @@ Each loss owns its head (linear or cosine), so the one training loop trains the 
 centres and any other parameter a loss has. The logits a loss returns never carry a margin: they are
 what prediction and every attack use. Margins enter the training objective, in training mode only.
 
-Weights follow the authors' code (see PROTOCOL.md); every number is a constructor argument.
+Weights follow the authors' code (docs/implementation.md, Losses); every number is a constructor argument.
 """
 from __future__ import annotations
 

@@ -15,6 +15,7 @@ import pandas as pd
 
 from .evaluation import black_box, black_box_checks, cache_name, evaluate_white_box, read_cache
 from .protocol import AUTOATTACK, SURROGATE_SEED_OFFSET, TABLES, Table, autoattack_note
+from .report import update_manifest
 from .stats import seed_interval
 from .store import write_checked_json
 
@@ -255,8 +256,6 @@ def notes(run, table: Table, flags, scoring: str = "final") -> list[str]:
 def write(run, table: Table, cells: pd.DataFrame, flags, scoring: str = "final") -> str:
     """Write the table with its notes into the run's output folder, record its sanity flags in the
     manifest, and return its Markdown."""
-    from .report import update_manifest
-
     update_manifest(run.out_dir, sanity_flags={table.name: flags})
     return write_table(cells, table, run.out_dir, run.dataset, notes=notes(run, table, flags, scoring))
 
