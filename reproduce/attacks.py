@@ -9,6 +9,7 @@ never receive a .grad.
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass, replace
 
 import torch
@@ -47,6 +48,12 @@ class AttackSpec:
     def __post_init__(self):
         if self.name not in ATTACKS:
             raise ValueError(f"unknown attack {self.name!r}; choose one of {sorted(ATTACKS)}")
+        if self.norm not in ("linf", "l2"):
+            raise ValueError(f"unknown norm {self.norm!r}; choose linf or l2")
+        if self.norm == "l2" and self.name != "fgsm":
+            raise ValueError("only FGSM is defined under the L2 norm here")
+        if self.version not in ("standard", "apgd"):
+            raise ValueError(f"unknown AutoAttack version {self.version!r}; choose standard or apgd")
         if self.steps is None:
             if self.name in ITERATIVE:
                 raise ValueError(f"AttackSpec({self.name!r}) needs steps=, e.g. steps=7 or steps=20 as in the "
@@ -54,16 +61,34 @@ class AttackSpec:
             object.__setattr__(self, "steps", 100 if self.name == "autoattack" else 1)
         if self.random_start is None:
             object.__setattr__(self, "random_start", self.name == "pgd")
-        if self.norm not in ("linf", "l2"):
-            raise ValueError(f"unknown norm {self.norm!r}; choose linf or l2")
-        if self.norm == "linf" and not 0 <= self.eps <= 1:
-            raise ValueError(f"L-inf eps must be in [0, 1] for images in [0, 1]; got {self.eps}")
-        if self.norm == "l2" and self.name != "fgsm":
-            raise ValueError("only FGSM is defined under the L2 norm here")
-        if self.eps < 0 or self.step < 0 or self.steps < 1 or self.restarts < 1:
-            raise ValueError("eps and step must be >= 0, steps and restarts >= 1")
-        if self.version not in ("standard", "apgd"):
-            raise ValueError(f"unknown AutoAttack version {self.version!r}; choose standard or apgd")
+        for name in ("random_start", "clip_start"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"AttackSpec {name}={getattr(self, name)!r}: expected True or False")
+        if not isinstance(self.label, str):
+            raise ValueError(f"AttackSpec label={self.label!r}: expected a string")
+        eps_high = 1.0 if self.norm == "linf" else math.inf  # L-inf: images live in [0, 1]
+        for name, low, high, whole in (("eps", 0.0, eps_high, False), ("step", 0.0, math.inf, False),
+                                       ("momentum", 0.0, math.inf, False), ("steps", 1, math.inf, True),
+                                       ("restarts", 1, math.inf, True)):
+            object.__setattr__(self, name, _checked(name, getattr(self, name), low, high, whole))
+
+    @property
+    def column(self) -> str:
+        return self.label or self.name
+
+
+def _checked(name: str, value, low: float, high: float, whole: bool):
+    """A field of an AttackSpec as a finite number in [low, high] (an int where it counts), or an error
+    that names it: a NaN step or eps would leave the images unattacked and overstate robustness."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"AttackSpec {name}={value!r}: expected a finite number")
+    if whole and value != int(value):
+        raise ValueError(f"AttackSpec {name}={value!r}: expected a whole number (it counts {name})")
+    if not low <= value <= high:
+        bound = f"at least {low}" if high == math.inf else f"in [{low}, {high}]"
+        raise ValueError(f"AttackSpec {name}={value!r}: must be {bound}"
+                         + (" (L-inf eps: images live in [0, 1])" if name == "eps" else ""))
+    return int(value) if whole else value
 
     @property
     def column(self) -> str:
@@ -215,9 +240,20 @@ def check_images(x: torch.Tensor, check_range: bool = True) -> None:
     reads two numbers back from the device, so training (whose batches the loader made) skips it."""
     if not torch.is_floating_point(x):
         raise ValueError(f"attack images must be float in [0, 1], got dtype {x.dtype}: convert with x.float() / 255")
-    if check_range and x.numel() and (float(x.min()) < 0 or float(x.max()) > 1):
+    if check_range and x.numel() and not (float(x.min()) >= 0 and float(x.max()) <= 1):  # NaN fails too
         raise ValueError(f"attack images must lie in [0, 1] (got [{float(x.min()):.3g}, {float(x.max()):.3g}]): "
                          "attack the un-normalised images and normalise inside the model")
+
+
+def check_labels(x: torch.Tensor, y: torch.Tensor, check_range: bool = True) -> None:
+    """One class index per image; negative labels (e.g. -100, which cross-entropy ignores) would leave
+    their images unattacked. The sign check reads a number back from the device, as the range check."""
+    if y.dim() != 1 or len(y) != len(x) or torch.is_floating_point(y):
+        raise ValueError(f"attack labels must be one integer class index per image: got {tuple(y.shape)} "
+                         f"{y.dtype} labels for {len(x)} images")
+    if check_range and y.numel() and int(y.min()) < 0:
+        raise ValueError(f"attack labels must be class indices >= 0; got {int(y.min())} (an ignored label "
+                         "such as -100 would leave its image unattacked)")
 
 
 def _single_run(model, x, y, spec, start=None, stop_when_broken=False, record=None, logits_of=None):
@@ -246,6 +282,7 @@ def attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec,
     (`attack_scored` reads it)."""
     x, y = x.detach(), y.detach()  # eps = 0 runs the same code: the eps = 0 sanity check tests it
     check_images(x, check_range)
+    check_labels(x, y, check_range)
     with attack_mode(model, train_mode):
         x_adv = _single_run(model, x, y, spec, None, stop_when_broken, record, logits_of)
         if spec.restarts == 1:

@@ -28,6 +28,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, help="dataset folder (default: $REPRODUCE_DATA, else data/ of the "
                                                 "checkout)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads of every run, workers included (default: PyTorch's for this machine); "
+                        "numbers on a CPU depend on it, and each run records it")
     p.add_argument("--objectives", default="authors", choices=OBJECTIVES,
                    help="AT / ALP objectives: as the authors' code computed the tables (default) or as the "
                         "paper's text describes them")
@@ -41,8 +44,14 @@ def _budget_option(p: argparse.ArgumentParser) -> None:
 def _run(args):
     """The run context of the command line: profile (with its --budget changes), dataset, objectives,
     store, device and folders."""
+    import torch
+
     from .context import start
 
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be at least 1; got {args.threads}")
+        torch.set_num_threads(args.threads)
     return start(args.profile, args.dataset, objectives=args.objectives, device=args.device, runs_dir=args.runs,
                  data_dir=args.data, budgets=_key_values(getattr(args, "budget", None)), progress=not args.quiet,
                  quiet=True)
@@ -53,7 +62,7 @@ def _chosen(experiments, only, table: str) -> list:
     labels = {e.label for e in experiments}
     unknown = sorted(set(only or []) - labels)
     if unknown:
-        raise SystemExit(f"error: no {table} model {unknown}; they are {sorted(labels)}")
+        raise ValueError(f"no {table} model {unknown}; they are {sorted(labels)}")
     return [e for e in experiments if not only or e.label in only]
 
 
@@ -70,7 +79,7 @@ def _key_values(items) -> dict:
     out = {}
     for item in items or []:
         if "=" not in item:
-            raise SystemExit(f"expected NAME=VALUE, got {item!r}")
+            raise ValueError(f"expected NAME=VALUE, got {item!r}")
         k, v = item.split("=", 1)
         out[k] = _parse_value(v)
     return out
@@ -123,12 +132,17 @@ def cmd_table1(args) -> int:
 
     run = _run(args)
     chosen = _chosen(TABLE1.experiments(run), args.only, "Table I")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder")
     if args.train:
         train_all(run, chosen)
+    elif not any(run.finished(e) for e in chosen):
+        raise ValueError(f"none of {sorted({e.label for e in chosen})} is trained in {run.store.root}; "
+                         "add --train to train them first")
     cells, flags = compute(run, TABLE1, scoring=args.scoring)
     shown = {e.label for e in chosen}
     cells = cells[cells["row"].isin(shown)]
-    out = Path(args.out)
     print(write_table(cells, TABLE1, out, args.dataset,
                       notes=notes(run, TABLE1, {k: v for k, v in flags.items() if k in shown}, args.scoring)))
     print(claims.write(claims.table1(cells), out, "table1"))
@@ -137,7 +151,12 @@ def cmd_table1(args) -> int:
 
 
 def cmd_run(args) -> int:
+    import os
+
     from .runner import run_notebooks
+
+    if args.threads is not None:  # the notebooks' kernels start with it
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
 
     return run_notebooks(args.profile, args.dataset, device=args.device, runs_dir=args.runs,
                          data_dir=args.data, figures_dir=args.figures, only=args.only,
@@ -157,13 +176,20 @@ def cmd_bench(args) -> int:
 
 def cmd_plan(args) -> int:
     import json
+    import math
+    from pathlib import Path
 
-    if not args.hours > 0:
-        raise SystemExit(f"error: --hours must be above 0; got {args.hours}")
+    if not (math.isfinite(args.hours) and args.hours > 0):
+        raise ValueError(f"--hours must be a finite number above 0; got {args.hours}")
     from .context import Run
     from .plan import plan
 
-    rates = json.loads(open(args.bench).read()) if args.bench else None
+    rates = None
+    if args.bench:
+        if not Path(args.bench).is_file():
+            raise ValueError(f"--bench {args.bench} is not a file: give the JSON that `python -m reproduce "
+                             "bench --json FILE` wrote")
+        rates = json.loads(Path(args.bench).read_text())
     run = Run(args.profile, args.dataset)
     rows, total = plan(run, rates)
     for r in rows:
@@ -267,6 +293,6 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, RuntimeError, OSError) as e:  # one line, never a traceback, for what a user can fix
         print(f"error: {e}", file=sys.stderr)
         return 2

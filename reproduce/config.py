@@ -73,7 +73,11 @@ def default_profile() -> tuple[str, str]:
     return "quick", "CUDA is available"
 
 
-def get_profile(name: str | Profile | None = None, **overrides) -> Profile:
+# The budgets that are words, and the words they take (checked with the others, before any work).
+PROFILE_CHOICES = {"schedule": ("onecycle", "plateau", "constant"), "autoattack": ("standard", "apgd")}
+
+
+def get_profile(name: str | Profile | None = None, /, **overrides) -> Profile:
     """A profile by name (or as given), with some budgets overridden, e.g. get_profile("smoke", epochs=1)."""
     if isinstance(name, Profile):
         return dataclasses.replace(name, **overrides) if overrides else name
@@ -85,14 +89,20 @@ def get_profile(name: str | Profile | None = None, **overrides) -> Profile:
     if unknown:
         raise ValueError(f"unknown profile fields {sorted(unknown)}")
     for k, v in overrides.items():
-        current = getattr(profile, k)
-        expected = (int, float) if isinstance(current, float) else type(current)
-        if v is None or current is None and isinstance(v, int) and not isinstance(v, bool):
+        if k == "name":
+            raise ValueError(f"profile field name={v!r}: choose the profile itself ({' | '.join(PROFILES)}), "
+                             "then change its budgets")
+        if v is None:
             continue
+        current = getattr(profile, k)
+        expected = (int, float) if isinstance(current, float) else int if current is None else type(current)
         if isinstance(v, bool) or not isinstance(v, expected):
-            raise ValueError(f"profile field {k}={v!r}: expected {type(current).__name__} like {current!r}")
-        if isinstance(v, (int, float)) and v <= 0:
+            kind = "int" if current is None else type(current).__name__
+            raise ValueError(f"profile field {k}={v!r}: expected {kind} like {current!r}")
+        if isinstance(v, (int, float)) and not (math.isfinite(v) and v > 0):
             raise ValueError(f"profile field {k}={v!r}: must be above 0")
+        if k in PROFILE_CHOICES and v not in PROFILE_CHOICES[k]:
+            raise ValueError(f"profile field {k}={v!r}: choose one of {list(PROFILE_CHOICES[k])}")
     return dataclasses.replace(profile, **{k: v for k, v in overrides.items() if v is not None})
 
 

@@ -97,6 +97,15 @@ class Run:
         return dataclasses.replace(self, dataset=dataset, output=self._out_path())
 
 
+def _check_folder(flag: str, folder) -> None:
+    """A folder given for the runs, the data or the figures must be one, or not exist yet."""
+    if folder is None:
+        return
+    path = Path(folder)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{flag} {path} is a file, not a folder: point {flag} at a folder (it is created if missing)")
+
+
 def start(profile: str | None = None, dataset: str = "cifar10", *, objectives: str = "authors",
           device: str | None = None, runs_dir=None, data_dir=None, figures_dir=None, budgets: dict | None = None,
           progress: bool = True, quiet: bool = False) -> Run:
@@ -106,6 +115,8 @@ def start(profile: str | None = None, dataset: str = "cifar10", *, objectives: s
     from .devices import resolve_device
 
     name, why = (profile, "") if profile else default_profile()
+    for flag, folder in (("--runs", runs_dir), ("--data", data_dir), ("--figures", figures_dir)):
+        _check_folder(flag, folder)
     run = Run(get_profile(name, **(budgets or {})), dataset, objectives,
               RunStore(runs_dir or default_folder("runs")), str(resolve_device(device)), data_dir, figures_dir,
               progress)

@@ -22,7 +22,7 @@ from .attacks import PGD7, AttackSpec, attack, attack_mode, attack_scored
 from .config import PROTOCOL_VERSION
 from .devices import autocast
 from .loader import DeviceLoader
-from .store import RunStore, StoreError, read_checked_json, write_checked_json
+from .store import RunStore, StoreError, check_file, read_checked_json, write_checked_json
 
 EPS_SWEEP = (0, 4 / 255, 8 / 255, 16 / 255, 32 / 255, 64 / 255, 128 / 255)
 CURVE_BASE = PGD7  # Table I's PGD-7, scaled to each eps
@@ -93,13 +93,17 @@ def robust_accuracy(model, images, labels, spec: AttackSpec | None, *, scoring: 
     return 100.0 * correct.item() / max(len(labels), 1)
 
 
+def cache_identity(images, **parts) -> dict:
+    """What decides a cached evaluation: `parts` (the model's key, the column, the attack spec, the
+    models of a transfer table), the test images' shape and pixel sum, and the protocol version. The
+    cache's name hashes it and its content carries it, checked when read (`read_cache`)."""
+    return dict(parts, test_set=[list(images.shape), int(images.float().sum())], protocol=PROTOCOL_VERSION)
+
+
 def cache_name(kind: str, images, **parts) -> str:
-    """The file name of every cached evaluation: its kind and the SHA-256 of what decides it (the test
-    images' shape and pixel sum, the protocol version, and `parts`: attack specs, models), so that a
+    """The file name of every cached evaluation: its kind and the SHA-256 of its identity, so that a
     changed definition is computed anew instead of served stale."""
-    payload = dict(parts, kind=kind, test_set=[list(images.shape), int(images.float().sum())],
-                   protocol=PROTOCOL_VERSION)
-    text = json.dumps(payload, sort_keys=True, default=str)
+    text = json.dumps(dict(cache_identity(images, **parts), kind=kind), sort_keys=True, default=str)
     return f"{kind}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
@@ -175,9 +179,10 @@ def column_scores(experiment, model, images, labels, specs, store: RunStore | No
     row = {}
     for spec in [None] + list(specs):
         column = "clean" if spec is None else spec.column
-        name = cache_name(f"column-{column}", images, spec=None if spec is None else asdict(spec))
-        path = store.eval_path(experiment, name)
-        cached = read_cache(path)
+        spec_fields = None if spec is None else asdict(spec)
+        path = store.eval_path(experiment, cache_name(f"column-{column}", images, spec=spec_fields))
+        identity = cache_identity(images, key=experiment.key, column=column, spec=spec_fields)
+        cached = read_cache(path, identity)
         if cached is None:
             path.parent.mkdir(parents=True, exist_ok=True)
             claim = FileLock(str(path) + ".lock")
@@ -186,15 +191,14 @@ def column_scores(experiment, model, images, labels, specs, store: RunStore | No
             except Timeout:
                 continue
             try:
-                cached = read_cache(path)  # computed by the process we waited for
+                cached = read_cache(path, identity)  # computed by the process we waited for
                 if cached is None:
                     torch.manual_seed(int(hashlib.sha256(f"{experiment.key}/{column}".encode()).hexdigest()[:8], 16))
                     start = time.perf_counter()
                     scores = robust_scores(model, images, labels, spec, progress=progress,
                                            desc=f"{experiment.label} {column}")
-                    cached = {"label": experiment.label, "key": experiment.key, "column": column,
-                              "spec": None if spec is None else asdict(spec), "accuracy": scores["final"],
-                              "accuracy_any_iterate": scores["any_iterate"], "seconds": time.perf_counter() - start}
+                    cached = dict(identity, label=experiment.label, accuracy=scores["final"],
+                                  accuracy_any_iterate=scores["any_iterate"], seconds=time.perf_counter() - start)
                     write_checked_json(path, cached)
                     if progress:
                         print(f"{experiment.label} {column}: {cached['accuracy']:.2f}% on {len(labels)} images "
@@ -205,15 +209,26 @@ def column_scores(experiment, model, images, labels, specs, store: RunStore | No
     return row
 
 
-def read_cache(path):
-    """A cached evaluation, or None when there is none or it was damaged or edited (then recomputed)."""
+def read_cache(path, identity: dict):
+    """A cached evaluation, or None when there is none, or it was damaged or edited, or it belongs to
+    another model, column, attack, test set or protocol version than `identity` says (then it is
+    recomputed). A folder or a symbolic link in its place is an error (store.check_file), not something
+    to overwrite."""
+    check_file(path)
+    check_file(str(path) + ".lock")
     if not path.exists():
         return None
     try:
-        return read_checked_json(path)
+        cached = read_checked_json(path)
     except StoreError as e:
         print(f"warning: {e}; recomputing it")
         return None
+    wrong = sorted(k for k, v in identity.items() if cached.get(k) != json.loads(json.dumps(v, default=str)))
+    if wrong:
+        print(f"warning: {path} is not this evaluation (its {', '.join(wrong)} differ: a file of another model "
+              "or computation); recomputing it")
+        return None
+    return cached
 
 
 def evaluate_white_box(experiment, model, images, labels, specs, store: RunStore | None = None, *,
@@ -229,9 +244,10 @@ def evaluate_white_box(experiment, model, images, labels, specs, store: RunStore
     curve = None
     if with_checks:
         path = store.eval_path(experiment, cache_name("eps_curve", images, spec=asdict(CURVE_BASE)))
-        cached = read_cache(path)
+        identity = cache_identity(images, key=experiment.key, column="eps_curve", spec=asdict(CURVE_BASE))
+        cached = read_cache(path, identity)
         if cached is None:
-            cached = {"curve": eps_curve(model, images, labels)}
+            cached = dict(identity, curve=eps_curve(model, images, labels))
             write_checked_json(path, cached)
         curve = cached["curve"]
     return {"label": experiment.label, "key": experiment.key, "row": row, "row_final": rows["final"],

@@ -6,12 +6,13 @@ a different place, and does what no other worker has claimed (the claim locks of
 evaluation.evaluate_columns), skipping the rest. When the workers have ended, the calling process does
 whatever is left (the share of a worker that died) and reads every result from the store; the store is
 the only thing the workers share, so N workers leave the same run directories, metrics, weights and
-table cells as one.
+table cells as one. On the CPU float sums depend on the thread count, so every local worker computes at
+the thread count of the process that launched it (`--threads` sets it): on a CPU, workers then share its
+cores and give the numbers of one process, not more speed; on GPUs they give the speed.
 """
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 
 import torch
@@ -42,15 +43,12 @@ def train_all(run, experiments) -> dict:
     return runs
 
 
-def _share_cpu(device, workers_here: int) -> None:
-    """CPU workers split the cores between them: more threads than cores makes every worker wait."""
-    if device is None or str(device) == "cpu":
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers_here))
-
-
-def _worker(run, experiments, offset: int, workers_here: int = 1) -> list[str]:
-    """Train every experiment of the list that is not done or claimed; return the keys it trained."""
-    _share_cpu(run.device, workers_here)
+def _worker(run, experiments, offset: int, threads: int | None = None) -> list[str]:
+    """Train every experiment of the list that is not done or claimed; return the keys it trained.
+    `threads`: the CPU thread count of the process that launched it (float sums on the CPU depend on
+    it, so every worker computes at the caller's count and N workers give what one process gives)."""
+    if threads:
+        torch.set_num_threads(threads)
     trained = []
     for exp in experiments[offset:] + experiments[:offset]:
         if run.store.is_done(exp):
@@ -60,13 +58,14 @@ def _worker(run, experiments, offset: int, workers_here: int = 1) -> list[str]:
     return trained
 
 
-def _eval_worker(run, experiments, offset: int, workers_here: int = 1) -> int:
+def _eval_worker(run, experiments, offset: int, threads: int | None = None) -> int:
     """Evaluate every Table I column of every finished model that no other worker has claimed; return how
     many models it visited."""
     from .evaluation import evaluate_columns
     from .protocol import TABLE1
 
-    _share_cpu(run.device, workers_here)
+    if threads:
+        torch.set_num_threads(threads)
     x, y = run.test_images()
     visited = 0
     for exp in experiments[offset:] + experiments[:offset]:
@@ -84,6 +83,11 @@ def worker_devices(workers: int, gpus=(), workers_per_gpu: int = 1, device=None)
         raise ValueError(f"workers and workers_per_gpu must be at least 1; got {workers}, {workers_per_gpu}")
     if not gpus:
         return [device] * workers
+    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    missing = [g for g in gpus if not 0 <= g < available]
+    if missing:
+        raise ValueError(f"--gpus asks for GPU(s) {missing} but this machine has {available} CUDA device(s); "
+                         f"leave --gpus out to run on {device or 'the default device'}")
     if workers > len(gpus) * workers_per_gpu:
         raise ValueError(f"{workers} workers do not fit on {len(gpus)} GPU(s) at {workers_per_gpu} per GPU; "
                          f"raise --workers-per-gpu or lower --workers")
@@ -104,11 +108,25 @@ def run_grid(run, experiments, *, executor: str = "none", workers: int = 1, gpus
     if executor == "none":
         return train_all(run, experiments)
     jobs = _submit(_worker, run, experiments, executor, workers, gpus, workers_per_gpu, folder, slurm)
-    if not wait:
-        return jobs
-    for job in jobs:
-        job.result()  # raises with the worker's traceback if it failed
+    return finish_grid(run, experiments, jobs) if wait else jobs
+
+
+def finish_grid(run, experiments, jobs) -> dict:
+    """Wait for the workers, then train in this process whatever they left (the share of a worker that
+    died: a killed process, a lost node) and return every run from the store."""
+    _wait(jobs)
     return train_all(run, experiments)
+
+
+def _wait(jobs) -> None:
+    """Wait for every job; a worker that ended without its result is reported, not raised: its claims
+    were released with it, and the caller does what it left."""
+    for job in jobs:
+        try:
+            job.result()
+        except Exception as e:  # submitit raises its own errors for a dead or failed job
+            print(f"warning: worker {job.job_id} ended without finishing ({type(e).__name__}); this process "
+                  f"does what it left. Its log: {job.paths.stderr}")
 
 
 def evaluate_grid(run, experiments, *, executor: str = "local", workers: int = 1, gpus=(), workers_per_gpu: int = 1,
@@ -119,8 +137,7 @@ def evaluate_grid(run, experiments, *, executor: str = "local", workers: int = 1
         return
     if workers < 1:
         raise ValueError(f"workers must be at least 1; got {workers}")
-    for job in _submit(_eval_worker, run, list(experiments), executor, workers, gpus, workers_per_gpu, folder, slurm):
-        job.result()
+    _wait(_submit(_eval_worker, run, list(experiments), executor, workers, gpus, workers_per_gpu, folder, slurm))
 
 
 def _submit(worker, run, experiments, executor, workers, gpus, workers_per_gpu, folder, slurm):
@@ -139,8 +156,9 @@ def _submit(worker, run, experiments, executor, workers, gpus, workers_per_gpu, 
         devices = worker_devices(workers, gpus, workers_per_gpu, run.device)
         pool = submitit.LocalExecutor(folder=folder)
         pool.update_parameters(timeout_min=(slurm or {}).get("timeout_min", 7 * 24 * 60))
-        return [pool.submit(worker, on(devices[i]), experiments, offsets[i], workers) for i in range(workers)]
+        threads = torch.get_num_threads()
+        return [pool.submit(worker, on(devices[i]), experiments, offsets[i], threads) for i in range(workers)]
     pool = submitit.AutoExecutor(folder=folder, cluster="slurm")
     pool.update_parameters(slurm_array_parallelism=workers, **(slurm or {}))
     n = len(offsets)
-    return pool.map_array(worker, [on(run.device)] * n, [experiments] * n, offsets, [1] * n)  # a node each
+    return pool.map_array(worker, [on(run.device)] * n, [experiments] * n, offsets, [None] * n)  # a node each

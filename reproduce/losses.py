@@ -18,6 +18,15 @@ from pytorch_metric_learning import distances as pml_distances
 from pytorch_metric_learning import losses as pml_losses
 
 
+def check_labels(y: torch.Tensor) -> None:
+    """A loss needs one class index >= 0 per example: an empty batch, or labels that cross-entropy
+    ignores (-100), would give a NaN objective. The sign is asserted on the device, without a sync."""
+    if y.dim() != 1 or len(y) == 0 or torch.is_floating_point(y):
+        raise ValueError(f"a loss needs a non-empty 1-d tensor of integer labels; got {tuple(y.shape)} {y.dtype}")
+    torch._assert_async((y >= 0).all(), "loss labels must be class indices >= 0 (an ignored label such as -100 "
+                                        "would make the objective NaN)")
+
+
 def feature_norm_penalty(f: torch.Tensor) -> torch.Tensor:
     """mean ||f||^2 over the batch: keeps embeddings from growing without bound."""
     return f.pow(2).sum(1).mean()
@@ -50,6 +59,7 @@ class Loss(nn.Module):
         return self.feature_penalty * feature_norm_penalty(f) if self.feature_penalty else 0.0
 
     def forward(self, f: torch.Tensor, y: torch.Tensor):
+        check_labels(y)
         logits = self.logits(f)
         return self.objective(f, y, logits) + self.penalty(f), logits
 
@@ -114,6 +124,7 @@ class MetricLoss(Loss):
         return loss, logits, anchors
 
     def forward(self, f, y):
+        check_labels(y)
         loss, logits, _ = self._objective(f, f, y, self.UM_CE_ON_ANCHORS)
         return loss, logits
 
@@ -379,10 +390,25 @@ def _coerce(loss: str, name: str, value, default):
             raise ValueError(f"{where}: expected a finite number")
         if isinstance(default, int) and not isinstance(default, bool) and float(value) != int(value):
             raise ValueError(f"{where}: expected a whole number")
+        _check_range(where, name, value)
         return int(value) if isinstance(default, int) else float(value)
     if isinstance(default, str) and not isinstance(value, str):
         raise ValueError(f"{where}: expected one of the words the loss takes")
     return value
+
+
+# What each number a loss takes may be: a scale above 0, an angular margin in [0, pi) (ArcFace's
+# cos(theta + m) needs it), weights and margins not below 0.
+_RANGES = {"s": (0.0, math.inf, False), "m": (0.0, math.pi, True)}
+
+
+def _check_range(where: str, name: str, value) -> None:
+    low, high, open_high = _RANGES.get(name, (0.0, math.inf, False))
+    above = value > low if name == "s" else value >= low
+    below = value < high if open_high else value <= high
+    if not (above and below):
+        allowed = {"s": "above 0", "m": "in [0, pi)"}.get(name, "at least 0")
+        raise ValueError(f"{where}: must be {allowed}")
 
 
 def resolve_loss_params(name: str, params: dict) -> tuple:
@@ -406,9 +432,9 @@ def loss_recipe(name: str) -> dict:
 
 
 def make_loss(name: str, embedding_dim: int, num_classes: int, **params) -> Loss:
-    if name not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; choose one of {sorted(LOSSES)}")
-    unknown = set(params) - set(loss_parameters(name))
-    if unknown:
-        raise ValueError(f"loss {name} has no parameter(s) {sorted(unknown)}; it takes {sorted(loss_parameters(name))}")
-    return LOSSES[name](embedding_dim, num_classes, **params)
+    """The loss `name` for embeddings of `embedding_dim` and `num_classes` classes; every parameter is
+    checked (type and range) and named when it is wrong, before anything is built."""
+    for what, value in (("embedding_dim", embedding_dim), ("num_classes", num_classes)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"make_loss {what}={value!r}: expected a whole number of at least 1")
+    return LOSSES[name](embedding_dim, num_classes, **dict(resolve_loss_params(name, params)))

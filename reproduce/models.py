@@ -106,6 +106,9 @@ class Classifier(nn.Module):
         adversarial batches passed through the network separately (as in their code, each with its own
         batch statistics; the clean batch only where the loss's AT uses it or ALP pairs its logits).
         Returns (objective, adversarial pair logits, clean pair logits, adversarial prediction logits)."""
+        from .losses import check_labels
+
+        check_labels(y)
         f_clean = self.embedder(x) if pairing or self.criterion.AT_USES_CLEAN else None
         f_adv = self.embedder(x_adv)
 

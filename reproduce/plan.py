@@ -7,6 +7,8 @@ target device) turn passes into device seconds.
 """
 from __future__ import annotations
 
+import math
+
 from .abcl import SCALE_SWEEP_LOSSES
 from .evaluation import EPS_SWEEP
 from .protocol import APPENDIX_COLUMNS, CLEAN, ITERATION_SWEEP, TABLES, Table, passes
@@ -51,9 +53,12 @@ def plan(run, rates: dict | None = None) -> tuple[list[dict], float | None]:
     prof = run.profile
     rate = None
     if rates is not None:
-        rate = rates.get("um_epoch_img_s")
+        rate = rates.get("um_epoch_img_s") if isinstance(rates, dict) else None
         if rate is None:
             raise ValueError("the bench JSON has no um_epoch_img_s: write it with `python -m reproduce bench --json`")
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not (math.isfinite(rate) and rate > 0):
+            raise ValueError(f"the bench JSON's um_epoch_img_s={rate!r} is not a rate (image passes per second, "
+                             "above 0): write it again with `python -m reproduce bench --json`")
         if rates.get("model_width", prof.width) != prof.width:
             raise ValueError(f"the bench measured a width-{rates['model_width']} network but profile {prof.name} "
                              f"trains width {prof.width}: run `python -m reproduce bench --json` on the device the "

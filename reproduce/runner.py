@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .config import default_profile
 from .context import REPO, start
-from .data import DatasetMissing, check_dataset
+from .data import check_dataset
 from .report import git_commit, now, update_manifest
 
 NOTEBOOKS = ("01_losses.ipynb", "02_training.ipynb", "03_white_box.ipynb", "04_black_box.ipynb",
@@ -59,7 +59,7 @@ def run_notebooks(profile: str | None = None, dataset: str = "cifar10", *, devic
         run = start(profile, dataset, objectives=objectives, device=device, runs_dir=runs_dir, data_dir=data_dir,
                     figures_dir=figures_dir, budgets=profile_overrides, quiet=True)
         check_dataset(dataset, run.data_root)  # in seconds, before any notebook starts
-    except (ValueError, RuntimeError, DatasetMissing) as e:
+    except (ValueError, RuntimeError, OSError) as e:  # data.DatasetMissing is a RuntimeError
         print(f"error: {e}")
         return 2
     runs_dir, data_dir, figures_dir = (Path(p).resolve() for p in (run.store.root, run.data_root, run.figures_root))

@@ -1,11 +1,13 @@
 """Where runs live: one directory per experiment, atomic writes, verified files.
 
-A run directory holds config.json, last.pt / best.pt, metrics.jsonl (one line per epoch),
-result.json (written once training ends) and eval/*.json. Every file is written to a temporary file
-and renamed, so a kill leaves the old file or the new one, never half of one. A checkpoint carries its
-SHA-256 in its own first line and each JSON file of a run carries the SHA-256 of its content: a file
-and its digest are one write, so they cannot disagree after a kill, and a damaged or edited file is
-caught and named when it is read. No NaN is ever written: non-finite numbers become null.
+A run directory holds config.json, last.pt / best.pt, metrics.jsonl (one line per epoch), result.json
+(written once training ends) and eval/*.json. Every file is written to a temporary file and renamed, so
+a kill leaves the old file or the new one, never half of one. Each file carries the SHA-256 of its
+content (a checkpoint in its first line, a JSON file inside it, metrics.jsonl on every line): a file and
+its digest are one write, so they cannot disagree after a kill, and a damaged or edited file is caught
+and named when it is read. Each also carries the experiment's key, which the reader checks, so a file
+copied from another run is caught like a damaged one. A folder or a symbolic link where a file belongs
+is named, never followed. No NaN is ever written: non-finite numbers become null.
 """
 from __future__ import annotations
 
@@ -74,8 +76,20 @@ def write_json(path: Path, obj) -> None:
     atomic_write_text(path, _dumps(obj, indent=2) + "\n")
 
 
+def check_file(path: Path) -> None:
+    """What the store keeps at `path` must be a regular file (or nothing yet): a symbolic link or a folder
+    in its place is named, never followed."""
+    path = Path(path)
+    if path.is_symlink():
+        raise StoreError(f"{path} is a symbolic link, not a file the store wrote; remove it and run again")
+    if path.exists() and not path.is_file():
+        raise StoreError(f"{path} is a folder (or another non-file) where the store keeps a file; remove it and "
+                         "run again")
+
+
 def read_json(path: Path):
     path = Path(path)
+    check_file(path)
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -97,25 +111,42 @@ def read_checked_json(path: Path) -> dict:
     return obj
 
 
+def _line(record: dict) -> str:
+    return _dumps(dict(finite(record), sha256=_digest(record))) + "\n"
+
+
 def append_jsonl(path: Path, record: dict) -> None:
-    """Rewrite the whole file atomically: metrics files are small and must never end mid-line."""
+    """Add a line, with the SHA-256 of its content, rewriting the whole file atomically: metrics files
+    are small and must never end mid-line."""
     path = Path(path)
+    check_file(path)
     old = path.read_text() if path.exists() else ""
-    atomic_write_text(path, old + _dumps(record) + "\n")
+    atomic_write_text(path, old + _line(record))
 
 
-def read_jsonl(path: Path) -> list[dict]:
+def read_jsonl(path: Path, key: str | None = None) -> list[dict]:
+    """The records of a file written by append_jsonl; a damaged or edited line, or (with `key`) a line of
+    another experiment's run, raises StoreError with the path and what to do."""
     path = Path(path)
+    check_file(path)
     if not path.exists():
         return []
     records = []
     for i, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise StoreError(f"{path}, line {i}, is not valid JSON ({e}); delete the run directory "
-                                 f"{path.parent} to retrain it") from None
+        if not line.strip():
+            continue
+        fix = f"delete the run directory {path.parent} to retrain it"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise StoreError(f"{path}, line {i}, is not valid JSON ({e}); {fix}") from None
+        digest = record.pop("sha256", None) if isinstance(record, dict) else None
+        if digest != _digest(record):
+            raise StoreError(f"{path}, line {i}, was edited or damaged (its SHA-256 does not match); {fix}")
+        if key is not None and record.get("key") != key:
+            raise StoreError(f"{path}, line {i}, belongs to experiment {record.get('key')}, not {key} (a file "
+                             f"copied from another run); {fix}")
+        records.append(record)
     return records
 
 
@@ -124,7 +155,7 @@ def keep_epochs(path: Path, last_epoch: int) -> None:
     records = read_jsonl(path)
     kept = [r for r in records if r.get("epoch", 0) <= last_epoch]
     if len(kept) != len(records):
-        atomic_write_text(path, "".join(_dumps(r) + "\n" for r in kept))
+        atomic_write_text(path, "".join(_line(r) for r in kept))
 
 
 def remove_temporary_files(folder: Path) -> None:
@@ -146,9 +177,11 @@ def save_checkpoint(path: Path, state: dict) -> None:
     atomic_write_bytes(path, CHECKPOINT_HEADER + hashlib.sha256(data).hexdigest().encode() + b"\n" + data)
 
 
-def load_checkpoint(path: Path, map_location="cpu") -> dict:
-    """Load a checkpoint after checking its digest; tensors only (weights_only=True), never code."""
+def load_checkpoint(path: Path, map_location="cpu", key: str | None = None) -> dict:
+    """Load a checkpoint after checking its digest; tensors only (weights_only=True), never code. With
+    `key`, the checkpoint must carry that experiment key (one copied from another run is refused)."""
     path = Path(path)
+    check_file(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
     raw = path.read_bytes()
@@ -160,9 +193,14 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
             f"{path.parent} to retrain it"
         )
     try:
-        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+        state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as e:  # a file that matches its digest but still fails is reported the same way
         raise CheckpointError(f"checkpoint {path} could not be loaded: {e}") from e
+    if key is not None and state.get("key") != key:
+        raise CheckpointError(f"checkpoint {path} belongs to experiment {state.get('key')}, not {key} (a file "
+                              f"copied from another run, or written before checkpoints carried their key); delete "
+                              f"the run directory {path.parent} to retrain it")
+    return state
 
 
 class RunStore:
@@ -175,9 +213,16 @@ class RunStore:
         return self.root / experiment.run_name
 
     def result(self, experiment) -> dict | None:
-        """The result.json of a run that ended (finished or diverged), else None."""
+        """The result.json of a run that ended (finished or diverged), else None; one of another
+        experiment's run raises StoreError."""
         path = self.run_dir(experiment) / "result.json"
-        return read_checked_json(path) if path.exists() else None
+        if not (path.exists() or path.is_symlink()):
+            return None
+        result = read_checked_json(path)
+        if result.get("key") != experiment.key:
+            raise StoreError(f"{path} belongs to experiment {result.get('key')}, not {experiment.key} (a file copied "
+                             f"from another run); delete the run directory {path.parent} to retrain it")
+        return result
 
     def is_done(self, experiment) -> bool:
         """Whether the run ended: finished, or diverged (then there is no model to evaluate)."""
@@ -189,7 +234,8 @@ class RunStore:
         return result is not None and result["status"] == "finished"
 
     def metrics(self, experiment) -> list[dict]:
-        return read_jsonl(self.run_dir(experiment) / "metrics.jsonl")
+        """The run's epochs, each line checked against its digest and the experiment's key."""
+        return read_jsonl(self.run_dir(experiment) / "metrics.jsonl", key=experiment.key)
 
     def eval_path(self, experiment, name: str) -> Path:
         return self.run_dir(experiment) / "eval" / f"{name}.json"

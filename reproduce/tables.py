@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .evaluation import black_box, black_box_checks, cache_name, evaluate_white_box, read_cache
+from .evaluation import black_box, black_box_checks, cache_identity, cache_name, evaluate_white_box, read_cache
 from .protocol import AUTOATTACK, SURROGATE_SEED_OFFSET, TABLES, Table, autoattack_note
 from .report import update_manifest
 from .stats import seed_interval
@@ -175,6 +175,10 @@ def _seed_prefix(run, exp) -> str:
     return f"seed {exp.seed}: " if run.profile.seeds > 1 else ""
 
 
+# The flags of a row without a model: not sanity checks, and never reported as masking.
+UNTRAINED = ("not trained", "diverged", "ended at chance accuracy")
+
+
 def _white_box_cells(run, table: Table, scoring: str):
     x, y = run.test_images()
     specs, records, flags = table.specs(run.profile), [], {}
@@ -190,8 +194,6 @@ def _white_box_cells(run, table: Table, scoring: str):
             records += [cell(row, c, exp.seed, None, len(y)) for c in columns]
             found.append(_seed_prefix(run, exp) + ("not trained" if result is None else result["status"]))
             continue
-        # loaded even when every column is cached: the black-box tables' random starts follow the global
-        # random state, which each model's construction advances
         ev = evaluate_white_box(exp, run.model(exp), x, y, specs, run.store, progress=run.progress,
                                 with_checks=table.checks, scoring=scoring)
         keys = [c.key for c in table.attacks]  # what was measured, in the table's columns
@@ -209,14 +211,16 @@ def _transfer_cells(run, table: Table, white_box: pd.DataFrame | None):
     for seed in range(run.profile.seeds):
         targets = [e for e in all_targets if e.seed == seed and run.finished(e)]
         surrogates = [e for e in all_surrogates if e.seed == SURROGATE_SEED_OFFSET + seed and run.finished(e)]
-        path = run.store.root / "tables" / (cache_name("black_box", x, targets=[e.key for e in targets],
-                                                       surrogates=[e.key for e in surrogates],
-                                                       spec=asdict(spec)) + ".json")
-        matrix = read_cache(path)
-        if matrix is None:
-            matrix = black_box({f"surrogate_{e.loss}": run.model(e) for e in surrogates},
-                               {e.label: run.model(e) for e in targets}, x, y, spec, progress=run.progress)
-            write_checked_json(path, matrix)
+        models = dict(targets=[e.key for e in targets], surrogates=[e.key for e in surrogates], spec=asdict(spec))
+        path = run.store.root / "tables" / (cache_name("black_box", x, **models) + ".json")
+        identity = cache_identity(x, **models)
+        cached = read_cache(path, identity)
+        if cached is None:
+            cached = dict(identity, matrix=black_box({f"surrogate_{e.loss}": run.model(e) for e in surrogates},
+                                                     {e.label: run.model(e) for e in targets}, x, y, spec,
+                                                     progress=run.progress))
+            write_checked_json(path, cached)
+        matrix = cached["matrix"]
         for e in all_targets:
             if e.seed == seed:
                 records += [cell(e.label, c, seed, matrix.get(e.label, {}).get(c), len(y)) for c in table.keys]
@@ -232,11 +236,16 @@ def notes(run, table: Table, flags, scoring: str = "final") -> list[str]:
     if table.surrogates is not None:
         return [f"POSSIBLE MASKING: {f}" for f in flags] or [
             "White-box accuracy <= black-box accuracy for every target and surrogate."]
-    out = []
+    out, missing = [], []
     for label, fl in flags.items() if table.checks else ():
         for f in fl:
-            out.append(f"CHECK FAILED for {label}: {f}. Failed orderings or accuracy that does not fall with eps "
-                       "are the usual signs of gradient masking (ALP is known for it).")
+            if f.endswith(UNTRAINED):
+                missing.append(f"{label} ({f})")
+            else:
+                out.append(f"CHECK FAILED for {label}: {f}. Failed orderings or accuracy that does not fall with "
+                           "eps are the usual signs of gradient masking (ALP is known for it).")
+    if missing:
+        out.append(f"No model, so no cells ('-'): {', '.join(missing)}.")
     if table.checks and not out:
         out.append("All sanity checks passed: eps = 0 equals clean, no attack above clean, PGD-20 <= PGD-7 and "
                    "20PGD <= PGD-20 (each within 1 point), AutoAttack at or below every other attack and not far "

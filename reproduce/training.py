@@ -27,8 +27,10 @@ from .store import (
     RunStore,
     StoreError,
     append_jsonl,
+    check_file,
     keep_epochs,
     load_checkpoint,
+    read_checked_json,
     remove_temporary_files,
     save_checkpoint,
     write_checked_json,
@@ -109,7 +111,7 @@ def load_trained(experiment, store: RunStore | None = None, device=None, num_cla
         raise FileNotFoundError(f"{experiment.label} has not finished training; its run is {run_dir}")
     model = build_model(experiment, result.get("in_channels", in_channels or 3),
                         result.get("num_classes", num_classes))
-    state = load_checkpoint(run_dir / "best.pt")
+    state = load_checkpoint(run_dir / "best.pt", key=experiment.key)
     model.load_state_dict(state["model"])
     return model.to(device).eval()
 
@@ -140,6 +142,7 @@ def train(experiment, store: RunStore | None = None, *, data: DataSplit | str | 
     except OSError as e:
         raise StoreError(f"cannot write the run store {store.root} ({e.strerror}); point --runs (or "
                          f"REPRODUCE_RUNS) at a folder you can write") from None
+    check_file(run_dir / "claim.lock")
     claim = FileLock(str(run_dir / "claim.lock"))
     try:
         claim.acquire(timeout=-1 if wait_for_claim else 0)
@@ -190,7 +193,7 @@ def _resume(experiment, t: _Training, run_dir) -> tuple[int, float, dict | None]
     start_epoch, best_score, kept = 0, -math.inf, None
     last_path = run_dir / "last.pt"
     if last_path.exists():
-        state = load_checkpoint(last_path)  # raises CheckpointError with the path if corrupted
+        state = load_checkpoint(last_path, key=experiment.key)  # names a damaged or misplaced file
         t.model.load_state_dict(state["model"])
         t.optimizer.load_state_dict(state["optimizer"])
         if t.scheduler is not None and state.get("scheduler"):
@@ -242,7 +245,12 @@ def _train_claimed(experiment, store, data, device, progress) -> TrainedRun:
     data = data.limit(experiment.train_limit, experiment.val_limit)
     run_dir.mkdir(parents=True, exist_ok=True)
     remove_temporary_files(run_dir)
-    write_checked_json(run_dir / "config.json", {"experiment": asdict(experiment), "key": experiment.key})
+    config = run_dir / "config.json"
+    if (config.exists() or config.is_symlink()) and read_checked_json(config).get("key") != experiment.key:
+        raise StoreError(f"{config} belongs to another experiment than {experiment.key} (a file copied from "
+                         f"another run); delete the run directory {run_dir} to retrain it")
+    write_checked_json(config, {"experiment": asdict(experiment), "key": experiment.key,
+                                "threads": torch.get_num_threads(), "device": str(device)})
     t = _setup(experiment, data, device)
     start_epoch, best_score, kept = _resume(experiment, t, run_dir)
 
@@ -252,14 +260,15 @@ def _train_claimed(experiment, store, data, device, progress) -> TrainedRun:
         if not math.isfinite(trained["train_loss"]):
             status = "diverged"
             append_jsonl(run_dir / "metrics.jsonl", {"epoch": epoch + 1, "train_loss": trained["train_loss"],
-                                                     "diverged": True})
+                                                     "diverged": True, "key": experiment.key})
             break
         validation = _validate(t.model, experiment, data, epoch)
         if isinstance(t.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             t.scheduler.step(trained["train_loss"])
         record = {"epoch": epoch + 1, "lr": t.optimizer.param_groups[0]["lr"], "train_loss": trained["train_loss"],
                   "train_acc": trained["train_acc"], **validation,
-                  "images_per_s": trained["seen"] / trained["seconds"], "seconds": trained["seconds"]}
+                  "images_per_s": trained["seen"] / trained["seconds"], "seconds": trained["seconds"],
+                  "key": experiment.key}
         append_jsonl(run_dir / "metrics.jsonl", record)
         if progress:
             pgd7 = f" val PGD-7 {validation['val_pgd7_acc']:.1f}%" if "val_pgd7_acc" in validation else ""
@@ -269,11 +278,12 @@ def _train_claimed(experiment, store, data, device, progress) -> TrainedRun:
         score = _keep_score(experiment, record)
         if score > best_score:
             best_score, kept = score, {"epoch": epoch + 1, **validation}
-            save_checkpoint(run_dir / "best.pt", {"model": t.model.state_dict(), "epoch": epoch + 1})
+            save_checkpoint(run_dir / "best.pt", {"model": t.model.state_dict(), "epoch": epoch + 1,
+                                                  "key": experiment.key})
         save_checkpoint(run_dir / "last.pt", {
             "model": t.model.state_dict(), "optimizer": t.optimizer.state_dict(),
             "scheduler": t.scheduler.state_dict() if t.scheduler is not None else None,
-            "epoch": epoch + 1, "best_score": best_score, "kept": kept})
+            "epoch": epoch + 1, "best_score": best_score, "kept": kept, "key": experiment.key})
         # The plateau schedule ends early once the rate has fallen a thousandfold.
         if experiment.schedule == "plateau" and t.optimizer.param_groups[0]["lr"] < experiment.lr * 1e-3 + 1e-12:
             break
@@ -290,11 +300,14 @@ def _finish(experiment, store, model, status: str, kept: dict | None, data, prog
               "kept_epoch": kept["epoch"] if finished else None, "kept_val_acc": kept["val_acc"] if finished else None,
               "kept_why": _kept_why(experiment, kept, len(metrics)) if finished else None,
               "epochs_run": len(metrics), "num_classes": data.num_classes, "in_channels": data.channels,
-              "train_seconds": sum(m.get("seconds", 0) for m in metrics)}
+              "train_seconds": sum(m.get("seconds", 0) for m in metrics),
+              # what a user compares between machines: where it ran, at how many CPU threads, how fast
+              "device": str(next(model.parameters()).device), "threads": torch.get_num_threads(),
+              "images_per_s": sum(m.get("images_per_s", 0) for m in metrics) / max(len(metrics), 1)}
     write_checked_json(run_dir / "result.json", result)
     if status == "diverged":
         if progress:
             print(f"{experiment.label}: loss became non-finite; the run is recorded as diverged ({run_dir})")
         return TrainedRun(experiment, None, result, run_dir)
-    model.load_state_dict(load_checkpoint(run_dir / "best.pt")["model"])
+    model.load_state_dict(load_checkpoint(run_dir / "best.pt", key=experiment.key)["model"])
     return TrainedRun(experiment, model.eval(), result, run_dir)

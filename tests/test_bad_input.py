@@ -26,8 +26,8 @@ def test_bad_experiment_fields_are_named(overrides, message):
 
 
 def test_cli_refuses_bad_numbers_before_training(tmp_path, capsys):
-    with pytest.raises(SystemExit, match="--hours must be above 0"):
-        main(["plan", "--profile", "smoke", "--hours", "0"])
+    assert main(["plan", "--profile", "smoke", "--hours", "0"]) == 2
+    assert "--hours must be a finite number above 0" in capsys.readouterr().err
     assert main(["train", "--lr", "nan", "--runs", str(tmp_path), "--dataset", "fashion-mnist"]) != 0
     assert "error: lr must be a finite number above 0; got nan" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # refused before a run folder was made
@@ -76,8 +76,8 @@ def test_a_run_store_that_cannot_be_written_is_named(tmp_path):
 
 def test_table1_command_refuses_an_unknown_model_or_budget_before_any_work(tmp_path, capsys):
     runs = str(tmp_path / "runs")
-    with pytest.raises(SystemExit, match=r"no Table I model \['SM-XX'\]"):
-        main(["table1", "--profile", "smoke", "--only", "SM-XX", "--runs", runs])
+    assert main(["table1", "--profile", "smoke", "--only", "SM-XX", "--runs", runs]) == 2
+    assert "no Table I model ['SM-XX']" in capsys.readouterr().err
     assert main(["table1", "--profile", "smoke", "--budget", "epoch=3", "--runs", runs]) == 2
     assert "unknown profile fields ['epoch']" in capsys.readouterr().err
     assert main(["grid", "--table", "table1", "--profile", "smoke", "--budget", "epochs=two", "--runs", runs]) == 2
@@ -88,3 +88,71 @@ def test_table1_command_refuses_an_unknown_model_or_budget_before_any_work(tmp_p
 def test_set_repository_refuses_what_is_not_a_url(capsys):
     assert main(["set-repository", "my repo"]) == 2
     assert "not a Git URL" in capsys.readouterr().err
+
+
+def _one_line_error(capsys, argv) -> str:
+    """Run the command line; it must exit 2 with one line on stderr and no traceback."""
+    rc = main(argv)
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, (argv, rc, err)
+    return err
+
+
+def test_every_bad_path_gets_one_line_and_exit_2_before_any_work(tmp_path, capsys, monkeypatch):
+    a_file, a_dir = tmp_path / "a-file", tmp_path / "a-dir"
+    a_file.write_text("not a folder")
+    a_dir.mkdir()
+    listed, worded = tmp_path / "list.json", tmp_path / "word.json"
+    listed.write_text("[1, 2]")
+    worded.write_text('{"um_epoch_img_s": "fast", "model_width": 16}')
+    runs = str(tmp_path / "runs")
+    common = ["--profile", "smoke", "--dataset", "fashion-mnist"]
+    for argv in (["train", *common, "--runs", str(a_file)], ["train", *common, "--data", str(a_file)],
+                 ["grid", "--table", "table1", *common, "--runs", str(a_file)],
+                 ["table1", *common, "--runs", str(a_file)], ["table1", *common, "--runs", runs, "--out", str(a_file)],
+                 ["plan", "--bench", str(a_dir)], ["plan", "--bench", str(tmp_path / "missing.json")],
+                 ["plan", "--bench", str(listed)], ["plan", "--bench", str(worded)], ["plan", "--hours", "inf"],
+                 ["grid", "--table", "table1", *common, "--runs", runs, "--budget", "name=quick"],
+                 ["grid", "--table", "table1", *common, "--runs", runs, "--budget", "autoattack=foo"],
+                 ["table1", *common, "--runs", runs, "--only", "SM-UM"]):  # an empty store: nothing to tabulate
+        _one_line_error(capsys, argv)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    _one_line_error(capsys, ["grid", "--table", "table1", *common, "--runs", runs, "--executor", "local",
+                             "--gpus", "0,1"])
+    assert not (tmp_path / "runs").exists()  # every refusal came before any work
+    assert run_notebooks("smoke", "fashion-mnist", runs_dir=runs, figures_dir=a_file) == 2
+    assert f"--figures {a_file} is a file" in capsys.readouterr().out
+
+
+def test_a_folder_or_link_where_the_store_keeps_a_file_is_named(tmp_path, capsys):
+    from reproduce.evaluation import column_scores
+    from reproduce.store import RunStore, StoreError
+    from reproduce.training import train
+
+    store = RunStore(tmp_path / "runs")
+    exp = make_experiment("SM", "UM", "smoke", "fashion-mnist")
+    run_dir = store.run_dir(exp)
+    run_dir.mkdir(parents=True)
+    (tmp_path / "elsewhere").write_text("")
+    (run_dir / "claim.lock").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(StoreError, match="claim.lock is a symbolic link"):
+        train(exp, store, device="cpu")
+    (run_dir / "claim.lock").unlink()
+    (run_dir / "result.json").mkdir()
+    with pytest.raises(StoreError, match="result.json is a folder"):
+        store.result(exp)
+    (run_dir / "result.json").rmdir()
+    (run_dir / "metrics.jsonl").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(StoreError, match="metrics.jsonl is a symbolic link"):
+        store.metrics(exp)
+    # an evaluation cache: a folder in its place stops the evaluation instead of being written over
+    import torch
+
+    x, y = torch.rand(4, 1, 28, 28), torch.tensor([0, 1, 2, 3])
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 10))
+    column_scores(exp, model, x, y, [], store, progress=False)
+    cache = next((run_dir / "eval").glob("column-clean-*.json"))
+    cache.unlink()
+    cache.mkdir()
+    with pytest.raises(StoreError, match="is a folder"):
+        column_scores(exp, model, x, y, [], store, progress=False)

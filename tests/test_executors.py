@@ -1,5 +1,6 @@
-"""Many workers, one store: a grid trained by 2 local workers equals the sequential run, and a Slurm
-submission asks for what it was given."""
+"""Many workers, one store: a grid trained by 2 or 3 local workers equals the sequential run bitwise at
+the default thread count, a killed worker's share is finished by the caller, and a Slurm submission asks
+for what it was given."""
 import os
 import stat
 
@@ -21,34 +22,56 @@ def _run(root, cifar_root=None, **kw):
     return Run("smoke", "cifar10", store=RunStore(root), device="cpu", data_root=cifar_root, progress=False, **kw)
 
 
-def _threads_of_one_of_two_workers():
-    """This process at the thread count each of 2 CPU workers uses (float sums depend on it)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // 2))
-    return threads
-
-
-def test_two_local_workers_train_the_grid_as_one_process_does(tmp_path, cifar_root):
-    exps = _grid()
-    threads = _threads_of_one_of_two_workers()
-    try:
-        one = run_grid(_run(tmp_path / "one", cifar_root), exps)
-    finally:
-        torch.set_num_threads(threads)
-    two = run_grid(_run(tmp_path / "two", cifar_root), exps, executor="local", workers=2)
+def _same_runs(store_a, store_b, exps):
+    """Bitwise the same metrics (times aside) and weights for every experiment of two stores."""
     for exp in exps:
-        a, b = one[exp], two[exp]
-        assert a.run_dir.name == b.run_dir.name
-        metrics = [[{k: v for k, v in m.items() if k not in ("seconds", "images_per_s")} for m in records]
-                   for records in (RunStore(tmp_path / "one").metrics(exp), RunStore(tmp_path / "two").metrics(exp))]
-        assert metrics[0] == metrics[1] and len(metrics[0]) == 2
-        wa, wb = load_checkpoint(a.run_dir / "best.pt")["model"], load_checkpoint(b.run_dir / "best.pt")["model"]
-        assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    logs = list((tmp_path / "two" / "submitit").glob("*_result.pkl"))
-    assert len(logs) == 2  # two workers ran
+        assert store_a.run_dir(exp).name == store_b.run_dir(exp).name
+        metrics = [[{k: v for k, v in m.items() if k not in ("seconds", "images_per_s")} for m in s.metrics(exp)]
+                   for s in (store_a, store_b)]
+        assert metrics[0] == metrics[1] and len(metrics[0]) == 2, exp.label
+        wa, wb = (load_checkpoint(s.run_dir(exp) / "best.pt")["model"] for s in (store_a, store_b))
+        assert all(torch.equal(wa[k], wb[k]) for k in wa), exp.label
 
 
-def test_worker_devices_share_gpus_and_refuse_too_many_workers():
+@pytest.mark.parametrize("workers", [2, 3])
+def test_local_workers_train_the_grid_bitwise_as_one_process_at_the_default_threads(tmp_path, cifar_root, workers):
+    exps = _grid()
+    one = RunStore(tmp_path / "one")
+    run_grid(_run(one.root, cifar_root), exps)
+    many = RunStore(tmp_path / "many")
+    run_grid(_run(many.root, cifar_root), exps, executor="local", workers=workers)
+    _same_runs(one, many, exps)
+    assert len(list((many.root / "submitit").glob("*_result.pkl"))) == workers  # every worker ran
+    assert {many.result(e)["threads"] for e in exps} == {torch.get_num_threads()}  # recorded in each run
+
+
+def test_a_killed_worker_leaves_its_share_to_the_caller(tmp_path, cifar_root):
+    import time
+
+    from reproduce.executors import finish_grid
+
+    exps = _grid()
+    many = RunStore(tmp_path / "many")
+    jobs = run_grid(_run(many.root, cifar_root), exps, executor="local", workers=2, wait=False)
+    deadline = time.time() + 120
+    while not any(many.run_dir(e).joinpath("metrics.jsonl").exists() for e in exps) and time.time() < deadline:
+        time.sleep(0.2)  # a worker is in the middle of a run
+    jobs[0]._process.kill()
+    runs = finish_grid(_run(many.root, cifar_root), exps, jobs)
+    assert all(runs[e].result["status"] == "finished" for e in exps)
+    one = RunStore(tmp_path / "one")
+    run_grid(_run(one.root, cifar_root), exps)
+    _same_runs(one, many, exps)  # the killed worker's run was resumed or redone to the same numbers
+
+
+def test_worker_devices_share_gpus_and_refuse_too_many_workers(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"--gpus asks for GPU\(s\) \[0, 1\] but this machine has 0"):
+        worker_devices(2, [0, 1], 1)  # refused here, before a worker starts
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ValueError, match=r"GPU\(s\) \[2\] but this machine has 2"):
+        worker_devices(2, [1, 2], 1)
     assert worker_devices(4, [0, 1], 2) == ["cuda:0", "cuda:0", "cuda:1", "cuda:1"]
     assert worker_devices(2, [], 1, "cpu") == ["cpu", "cpu"]
     with pytest.raises(ValueError, match="do not fit on 2 GPU"):
@@ -91,12 +114,9 @@ def test_two_local_workers_fill_the_evaluation_cache_with_the_sequential_numbers
     evaluate_grid(Run(prof, "cifar10", store=RunStore(tmp_path / "two"), device="cpu", data_root=cifar_root), exps,
                   workers=2)
     data = load_dataset("cifar10", cifar_root, test_limit=16)
-    threads = _threads_of_one_of_two_workers()
-    try:  # sequential, in the other store; then the workers' cache, read without computing
-        one = {exp: evaluate_columns(exp, load_trained(exp, RunStore(tmp_path / "one")), data.x_test, data.y_test,
-                                     TABLE1.specs(prof), RunStore(tmp_path / "one"), progress=False) for exp in exps}
-    finally:
-        torch.set_num_threads(threads)
+    # sequential, in the other store; then the workers' cache, read without computing
+    one = {exp: evaluate_columns(exp, load_trained(exp, RunStore(tmp_path / "one")), data.x_test, data.y_test,
+                                 TABLE1.specs(prof), RunStore(tmp_path / "one"), progress=False) for exp in exps}
     for exp in exps:
         two = evaluate_columns(exp, None, data.x_test, data.y_test, TABLE1.specs(prof), RunStore(tmp_path / "two"),
                                progress=False)  # model None: every column must come from the cache

@@ -199,7 +199,7 @@ def test_intra_term_moves_the_class_weights_only_when_asked(batch):
 
 
 def test_ab_weights_must_not_be_negative():
-    with pytest.raises(ValueError, match="k1 and k2"):
+    with pytest.raises(ValueError, match="parameter k1=-1.0: must be at least 0"):
         make_loss("HT-SCE+AB", D, C, k1=-1.0)
 
 

@@ -1,0 +1,86 @@
+"""Every file of a run is bound to its experiment: a valid file of another run, put where this run's
+belongs, is caught like a damaged one (a cache is recomputed; anything else is named with the fix)."""
+import shutil
+
+import pytest
+
+from reproduce.config import get_profile, make_experiment
+from reproduce.context import Run
+from reproduce.evaluation import column_scores
+from reproduce.protocol import FGSM
+from reproduce.store import CheckpointError, RunStore, StoreError, append_jsonl
+from reproduce.training import load_trained, train
+
+
+def _two_runs(tmp_path, cifar_root):
+    store = RunStore(tmp_path / "runs")
+    exps = [make_experiment(loss, "UM", "smoke", "cifar10", width=4, epochs=1, batch_size=64, train_limit=128,
+                            val_limit=32) for loss in ("SM", "AAML")]
+    for exp in exps:
+        train(exp, store, data=cifar_root, device="cpu", progress=False)
+    return store, exps
+
+
+def test_a_cache_of_another_column_or_model_is_recomputed_not_served(tmp_path, cifar_root, capsys):
+    store, (sm, aaml) = _two_runs(tmp_path, cifar_root)
+    run = Run(get_profile("smoke", test_limit=20), "cifar10", store=store, data_root=cifar_root, progress=False)
+    x, y = run.test_images()
+    fgsm = [FGSM.spec(run.profile)]
+    truth = column_scores(sm, load_trained(sm, store), x, y, fgsm, store, progress=False)
+    eval_dir = store.run_dir(sm) / "eval"
+    clean, attacked = (next(eval_dir.glob(f"column-{c}-*.json")) for c in ("clean", "fgsm"))
+    shutil.copy(attacked, clean)  # the red team's case: the run's own (valid) FGSM file as its clean cache
+    assert column_scores(sm, load_trained(sm, store), x, y, fgsm, store, progress=False) == truth
+    assert "its column, spec differ" in capsys.readouterr().out
+    column_scores(aaml, load_trained(aaml, store), x, y, fgsm, store, progress=False)
+    other = next((store.run_dir(aaml) / "eval").glob("column-fgsm-*.json"))
+    shutil.copy(other, attacked)  # another model's FGSM cell
+    assert column_scores(sm, load_trained(sm, store), x, y, fgsm, store, progress=False) == truth
+    assert "its key differ" in capsys.readouterr().out
+    fewer = Run(get_profile("smoke", test_limit=10), "cifar10", store=store, data_root=cifar_root).test_images()
+    column_scores(sm, load_trained(sm, store), *fewer, fgsm, store, progress=False)
+    assert len(list(eval_dir.glob("column-clean-*.json"))) == 2  # another test set: a cache of its own
+
+
+def test_another_runs_checkpoint_result_metrics_or_config_is_named(tmp_path, cifar_root):
+    store, (sm, aaml) = _two_runs(tmp_path, cifar_root)
+    mine, theirs = store.run_dir(sm), store.run_dir(aaml)
+    backup = tmp_path / "backup"
+    shutil.copytree(mine, backup)
+
+    shutil.copy(theirs / "best.pt", mine / "best.pt")  # a valid checkpoint of another model
+    with pytest.raises(CheckpointError, match=f"belongs to experiment {aaml.key}, not {sm.key}"):
+        load_trained(sm, store)
+
+    shutil.copy(theirs / "result.json", mine / "result.json")
+    with pytest.raises(StoreError, match=f"result.json belongs to experiment {aaml.key}"):
+        store.result(sm)
+    shutil.copy(backup / "result.json", mine / "result.json")
+
+    shutil.copy(theirs / "metrics.jsonl", mine / "metrics.jsonl")
+    with pytest.raises(StoreError, match=f"line 1, belongs to experiment {aaml.key}"):
+        store.metrics(sm)
+    text = (backup / "metrics.jsonl").read_text().replace('"epoch": 1', '"epoch": 3')
+    (mine / "metrics.jsonl").write_text(text)  # an edited line
+    with pytest.raises(StoreError, match="line 1, was edited or damaged"):
+        store.metrics(sm)
+
+    shutil.rmtree(mine)
+    shutil.copytree(backup, mine)
+    (mine / "result.json").unlink()  # the run must resume: its config is read again
+    shutil.copy(theirs / "config.json", mine / "config.json")
+    with pytest.raises(StoreError, match="config.json belongs to another experiment"):
+        train(sm, store, data=cifar_root, device="cpu", progress=False)
+    shutil.copy(backup / "config.json", mine / "config.json")
+    shutil.copy(theirs / "last.pt", mine / "last.pt")
+    with pytest.raises(CheckpointError, match="last.pt belongs to experiment"):
+        train(sm, store, data=cifar_root, device="cpu", progress=False)
+
+
+def test_a_metrics_line_is_written_with_its_digest(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    append_jsonl(path, {"epoch": 1, "val_acc": 50.0, "key": "k"})
+    assert '"sha256"' in path.read_text()
+    from reproduce.store import read_jsonl
+
+    assert read_jsonl(path, key="k") == [{"epoch": 1, "val_acc": 50.0, "key": "k"}]
