@@ -1,17 +1,20 @@
 # Entry points: `make reproduce` (the whole paper), `make test` (the suite), `make lab` (JupyterLab).
-# Both create .venv and install the package into it on first use.
+# `reproduce` and `test` share .venv (the package with its notebooks, cluster and test extras); `make lab`
+# has an environment of its own (.venv-lab: the package, its notebooks extra and JupyterLab), because
+# torchattacks, which only the tests use, pins a requests that JupyterLab refuses. `pip check` passes in both.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+LAB := .venv-lab
 PROFILE ?=
 DATASET ?= cifar10
 
-.PHONY: reproduce results test bench lab gpu-bundle clean-venv
+.PHONY: reproduce results test check-install bench lab gpu-bundle clean-venv
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
+$(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -r requirements-dev.txt
-	$(PY) -m pip install -q --no-deps -e .
+	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip check
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $@
 
@@ -31,14 +34,22 @@ test: $(VENV)/.installed
 	$(PY) -m ruff check reproduce tests
 	$(PY) -m pytest -q tests
 
-# JupyterLab is a second install: jupyterlab-server needs requests>=2.31, which torchattacks' metadata
-# (requests~=2.25.1; it never imports requests) forbids in one resolve. pip warns about it; both work.
-$(VENV)/.lab: $(VENV)/.installed
-	$(PY) -m pip install -q "jupyterlab>=4"
+# The core package alone (`pip install .`) in a new, empty environment (pip check, then an attack), and the
+# notebooks install resolved against Colab's packages (tests/install). CI runs it after the suite.
+check-install: $(VENV)/.installed
+	$(PY) -m pytest -q -m install tests/install
+
+$(LAB)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(LAB)
+	$(LAB)/bin/python -m pip install -q -e ".[notebooks]" "jupyterlab>=4"
+	$(LAB)/bin/python -m pip check
+	$(LAB)/bin/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $@
 
-lab: $(VENV)/.lab
-	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)  # root: containers
+# Rooted at the repository (results/, figures/ and the executed notebooks open from it), showing notebooks/.
+lab: $(LAB)/.installed
+	$(LAB)/bin/jupyter lab --ServerApp.root_dir=. --ServerApp.default_url=/lab/tree/notebooks \
+		$(if $(filter 0,$(shell id -u)),--allow-root)  # root: containers
 
 bench: $(VENV)/.installed
 	$(PY) -m reproduce bench
@@ -51,4 +62,4 @@ gpu-bundle: $(VENV)/.installed
 	cp /usr/share/datasets/fashion-mnist/*-ubyte.gz gpu/data/FashionMNIST/raw/
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(LAB)

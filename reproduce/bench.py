@@ -149,7 +149,11 @@ def run_benchmarks(device=None, smoke: bool = False, json_path: str | Path | Non
     results["train_step_speedup"] = rates["ours"] / rates["baseline"]
 
     # 3. PGD-20 against torchattacks on the same model and batch
-    import torchattacks
+    try:
+        import torchattacks
+    except ImportError:
+        raise RuntimeError("bench compares our PGD with torchattacks, a test dependency: "
+                           "pip install 'discriminative-robustness[dev]'") from None
 
     model.eval()
     spec = AttackSpec("pgd", steps=20, random_start=True)

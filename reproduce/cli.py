@@ -6,6 +6,15 @@
   table1  Table I for some or all of its models, from the terminal (trains them first with --train)
   bench   speed of each lever against a plain baseline, measured in the same run
   plan    every experiment and evaluation a profile runs, with estimated device time
+  export  a trained run as weights (safetensors), experiment, Table I row and model card
+  evaluate  every Table I column on one model: a run or export of ours, or any torch.nn.Module file
+
+examples:
+  python -m reproduce run --profile smoke --dataset fashion-mnist
+  python -m reproduce train --loss AAML --defense AT --profile smoke --dataset fashion-mnist
+  python -m reproduce table1 --profile smoke --dataset fashion-mnist --only SM-UM AAML-UM --train
+  python -m reproduce evaluate runs/fashion-mnist-smoke-AAML-AT-963f71ce02a5
+  python -m reproduce export runs/fashion-mnist-smoke-AAML-AT-963f71ce02a5 exported/AAML-AT
 """
 from __future__ import annotations
 
@@ -21,7 +30,7 @@ from .protocol import TABLES
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", default=None, help="smoke | colab | quick | paper (default: $PROFILE, else "
                                                    "colab in Colab, quick with CUDA and smoke without)")
-    p.add_argument("--dataset", default="cifar10", choices=DATASETS)
+    p.add_argument("--dataset", default="cifar10", choices=DATASETS, help="the dataset (default: cifar10)")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     p.add_argument("--runs", default=None, help="run store folder (default: $REPRODUCE_RUNS, else runs/ of the "
                                                 "checkout)")
@@ -213,6 +222,52 @@ def cmd_plan(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .export import export, format_row
+    from .store import read_checked_json
+
+    out = export(args.run_dir, args.out_dir)
+    saved = read_checked_json(out / "table1_row.json")
+    print(format_row(saved["row"], saved["test_images"]))
+    print(f"written {out}: model.safetensors (+ .sha256), experiment.json, table1_row.json, MODEL_CARD.md")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from pathlib import Path
+
+    from .export import experiment_of, format_row, load_module, table1_row
+
+    run = _run(args)
+    path = Path(args.model)
+    experiment = None
+    if path.is_dir():
+        experiment = experiment_of(path)
+        if (experiment.dataset, experiment.profile) != (run.dataset, run.profile.name):
+            print(f"note: {path} was trained on {experiment.dataset} ({experiment.profile}); evaluating on "
+                  f"{run.dataset} with the {run.profile.name} profile's test images and attacks")
+        experiment = experiment if (path / "config.json").exists() else None  # caches live in the store's runs
+        model = load_module(path, run.device)
+    elif path.exists():
+        model = load_module(path, run.device)
+    else:
+        from .export import load_model
+
+        model = load_model(args.model, profile=run.profile.name, dataset=run.dataset, seed=args.seed,
+                           objectives=run.objectives, runs_dir=run.store.root, device=run.device)
+        loss, defense = args.model.split("-")
+        experiment = run.experiment(loss, defense, args.seed)
+    x, _ = run.test_images()
+    row = table1_row(run, model, experiment)
+    print(format_row(row, len(x)))
+    if args.out:
+        import pandas as pd
+
+        pd.DataFrame(row).T.rename_axis("column").to_csv(args.out)
+        print(f"written {args.out}")
+    return 0
+
+
 def cmd_set_repository(args) -> int:
     from .colab import set_repository
     from .runner import REPO
@@ -223,8 +278,11 @@ def cmd_set_repository(args) -> int:
 
 
 def main(argv=None) -> int:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="python -m reproduce", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run every notebook in order (make reproduce)")
@@ -236,14 +294,17 @@ def main(argv=None) -> int:
 
     p = sub.add_parser("train", help="train one experiment")
     _common(p)
-    p.add_argument("--loss", default="SM", choices=sorted(LOSSES))
-    p.add_argument("--defense", default="UM", choices=DEFENSES)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--lr", type=float)
+    p.add_argument("--loss", default="SM", choices=sorted(LOSSES),
+                   help="SM, ConL, TL, CenL, AAML (the paper's) or an ABCL loss (default: SM)")
+    p.add_argument("--defense", default="UM", choices=DEFENSES,
+                   help="UM: plain training, AT: PGD adversarial training, ALP: adversarial logit pairing "
+                        "(default: UM)")
+    p.add_argument("--seed", type=int, default=0, help="the training seed (default: 0)")
+    p.add_argument("--epochs", type=int, help="epochs (default: the profile's)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default: the profile's, or the loss's recipe)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, help="sgd | adam (default: sgd, or the loss's own recipe)")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--train-limit", type=int)
+    p.add_argument("--batch-size", type=int, help="default: the profile's")
+    p.add_argument("--train-limit", type=int, help="train on the first N images (default: the profile's)")
     p.add_argument("--param", action="append", metavar="NAME=VALUE", help="a loss parameter, e.g. --param s=4")
     p.set_defaults(func=cmd_train)
 
@@ -274,14 +335,14 @@ def main(argv=None) -> int:
     p.set_defaults(func=cmd_table1)
 
     p = sub.add_parser("bench", help="benchmarks of each speed lever")
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     p.add_argument("--json", default=None, help="also write the results as JSON here")
     p.add_argument("--smoke", action="store_true", help="smallest sizes: checks that it runs, not timings")
     p.set_defaults(func=cmd_bench, profile=None)
 
     p = sub.add_parser("plan", help="estimated device time of a profile")
-    p.add_argument("--profile", default=None)
-    p.add_argument("--dataset", default="cifar10", choices=DATASETS)
+    p.add_argument("--profile", default=None, help="smoke | colab | quick | paper (default: as for run)")
+    p.add_argument("--dataset", default="cifar10", choices=DATASETS, help="the dataset (default: cifar10)")
     p.add_argument("--bench", default=None, help="JSON written by `bench --json` on the target device")
     p.add_argument("--hours", type=float, default=3.0, help="the budget to compare with (default 3)")
     p.set_defaults(func=cmd_plan)
@@ -289,6 +350,22 @@ def main(argv=None) -> int:
     p = sub.add_parser("set-repository", help="the repository's URL, for the Colab cells, badges and install line")
     p.add_argument("url", help="e.g. https://github.com/you/repo")
     p.set_defaults(func=cmd_set_repository, profile=None)
+
+    p = sub.add_parser("export", help="a trained run as weights, experiment, Table I row and model card")
+    p.add_argument("run_dir", help="a run folder of the store, e.g. runs/fashion-mnist-smoke-AAML-AT-963f71ce02a5")
+    p.add_argument("out_dir", help="the folder to write (created if missing)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_export, profile=None)
+
+    p = sub.add_parser("evaluate", help="every Table I column on one model")
+    p.add_argument("model", help="a run or export folder of ours, a table label (e.g. AAML-AT, looked up in the "
+                                 "store), or a .pt file holding a TorchScript or pickled torch.nn.Module that maps "
+                                 "images in [0, 1] to logits")
+    _common(p)
+    p.add_argument("--seed", type=int, default=0, help="with a label: the seed of the run (default: 0)")
+    _budget_option(p)
+    p.add_argument("--out", default=None, help="also write the row as CSV here")
+    p.set_defaults(func=cmd_evaluate)
 
     args = parser.parse_args(argv)
     try:

@@ -12,23 +12,33 @@ from pathlib import Path
 
 PLACEHOLDER = "https://github.com/OWNER/REPO"
 
-FIRST_CELL = '''# Colab: clone the repository and install what Colab lacks (elsewhere this cell does nothing).
-# The URL is written by `python -m reproduce set-repository URL`.
-REPOSITORY = "{url}"
+FIRST_CELL = '''# Colab: clone the repository and install what Colab lacks; elsewhere this cell does nothing.
+# If it asks for the repository's URL, paste it into REPOSITORY (the form field) and run it again.
+REPOSITORY = "{url}"  # @param {{type:"string"}}
+KEEP_ON_DRIVE = False  # @param {{type:"boolean"}} runs/ and figures/ on Google Drive: a new runtime finds them
+DRIVE = "/content/drive"
 import os, subprocess, sys
 if "google.colab" in sys.modules and not os.path.isfile("../reproduce/__init__.py"):
     if "OWNER/REPO" in REPOSITORY:
-        raise RuntimeError("The repository URL is unset (OWNER/REPO): set REPOSITORY above to the Git URL of "
-                           "this repository, or run `python -m reproduce set-repository URL` where it is hosted.")
+        raise RuntimeError("The repository URL is unset: paste this repository's Git URL into REPOSITORY above "
+                           "(e.g. https://github.com/you/repo) and run this cell again.")
+    if KEEP_ON_DRIVE:
+        from google.colab import drive
+        drive.mount(DRIVE)
+        for name in ("runs", "figures"):  # read by reproduce.start
+            os.environ[f"REPRODUCE_{{name.upper()}}"] = os.path.join(DRIVE, "MyDrive", "discriminative-robustness", name)
     if not os.path.isdir("reproduction/.git"):
         clone = subprocess.run(["git", "clone", "-q", REPOSITORY, "reproduction"], capture_output=True, text=True)
         if clone.returncode:
             raise RuntimeError(f"git clone {{REPOSITORY}} failed:\\n{{clone.stderr}}")
-    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", "reproduction/requirements.txt"],
-                         capture_output=True, text=True)
+    import tomllib  # what the package and its notebooks need; Colab's own packages are never downgraded
+    project = tomllib.load(open("reproduction/pyproject.toml", "rb"))["project"]
+    needs = project["dependencies"] + project["optional-dependencies"]["notebooks"]
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", *needs], capture_output=True, text=True)
     if pip.returncode:
-        raise RuntimeError(f"pip install -r requirements.txt failed:\\n{{pip.stderr}}")
-    # the package from the clone, importable in this kernel (an editable install would need a restart)
+        print(pip.stdout[-4000:], pip.stderr[-4000:], sep="\\n")
+        raise RuntimeError("pip install failed; its output is above")
+    # the package from the clone, importable in this kernel (an install would need a restart)
     sys.path.insert(0, os.path.abspath("reproduction"))
     os.chdir("reproduction/notebooks")'''
 

@@ -91,6 +91,10 @@ class Run:
 
         return load_trained(experiment, self.store, self.device)
 
+    def quiet(self) -> "Run":
+        """The same run without progress bars or training logs (for figures whose models take seconds)."""
+        return dataclasses.replace(self, progress=False)
+
     def on(self, dataset: str) -> "Run":
         """The same run on another dataset, writing into the same output folder (the small-CNN figures
         use MNIST or Fashion-MNIST beside the main dataset's tables)."""

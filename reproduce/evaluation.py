@@ -16,12 +16,12 @@ from dataclasses import asdict, replace
 
 import torch
 from filelock import FileLock, Timeout
-from tqdm.auto import tqdm
 
 from .attacks import PGD7, AttackSpec, attack, attack_mode, attack_scored
 from .config import PROTOCOL_VERSION
 from .devices import autocast
 from .loader import DeviceLoader
+from .progress import bar as progress_bar
 from .store import RunStore, StoreError, check_file, read_checked_json, write_checked_json
 
 EPS_SWEEP = (0, 4 / 255, 8 / 255, 16 / 255, 32 / 255, 64 / 255, 128 / 255)
@@ -67,8 +67,7 @@ def robust_scores(model, images, labels, spec: AttackSpec | None, *, batch_size:
     device = next(model.parameters()).device
     final = torch.zeros((), device=device)
     every = torch.zeros((), device=device)
-    for x, y in tqdm(DeviceLoader(images, labels, batch_size, device=device), desc=desc, disable=not progress,
-                     leave=False):
+    for x, y in progress_bar(DeviceLoader(images, labels, batch_size, device=device), desc, progress):
         _, right, always = attack_scored(model, x, y, spec)
         final += right.sum()
         every += always.sum()
@@ -87,8 +86,7 @@ def robust_accuracy(model, images, labels, spec: AttackSpec | None, *, scoring: 
                              progress=progress)["final"]
     device = next(model.parameters()).device
     correct = torch.zeros((), device=device)
-    for x, y in tqdm(DeviceLoader(images, labels, batch_size, device=device), desc=desc, disable=not progress,
-                     leave=False):
+    for x, y in progress_bar(DeviceLoader(images, labels, batch_size, device=device), desc, progress):
         correct += predicts_right(model, attack(model, x, y, spec, stop_when_broken=True), y).sum()
     return 100.0 * correct.item() / max(len(labels), 1)
 
@@ -180,6 +178,8 @@ def column_scores(experiment, model, images, labels, specs, store: RunStore | No
     for spec in [None] + list(specs):
         column = "clean" if spec is None else spec.column
         spec_fields = None if spec is None else asdict(spec)
+        if spec is not None and spec.name == "autoattack":  # since 0.2 the reference code, not torchattacks
+            spec_fields["implementation"] = "pyautoattack"
         path = store.eval_path(experiment, cache_name(f"column-{column}", images, spec=spec_fields))
         identity = cache_identity(images, key=experiment.key, column=column, spec=spec_fields)
         cached = read_cache(path, identity)
@@ -260,8 +260,7 @@ def craft(model, images, labels, spec: AttackSpec, batch_size: int = 250, progre
     that fools `model`)."""
     device = next(model.parameters()).device
     out = []
-    for x, y in tqdm(DeviceLoader(images, labels, batch_size, device=device), desc=desc,
-                     disable=not progress, leave=False):
+    for x, y in progress_bar(DeviceLoader(images, labels, batch_size, device=device), desc, progress):
         out.append(attack(model, x, y, spec).cpu())
     return torch.cat(out)
 
@@ -275,8 +274,7 @@ def transfer_correct(surrogate, targets: dict, images, labels, spec: AttackSpec,
     device = next(surrogate.parameters()).device
     single = replace(spec, restarts=1)
     correct = {t: [] for t in targets}
-    for x, y in tqdm(DeviceLoader(images, labels, batch_size, device=device), desc=desc,
-                     disable=not progress, leave=False):
+    for x, y in progress_bar(DeviceLoader(images, labels, batch_size, device=device), desc, progress):
         survived = {t: torch.ones(len(y), dtype=torch.bool) for t in targets}
         for _ in range(spec.restarts):
             x_adv = attack(surrogate, x, y, single)

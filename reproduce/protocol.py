@@ -168,20 +168,20 @@ TABLES = {t.name: t for t in (TABLE1, TABLE2, TABLE3, TABLE4)}
 def autoattack_note(profile: Profile) -> str:
     """Which AutoAttack the AA column ran, for the table's notes."""
     if profile.autoattack == "standard":
-        return ("AA: AutoAttack, standard version (APGD-CE, APGD-T, FAB-T, Square; L-inf, eps 8/255) through "
-                "torchattacks, whose APGD takes 10 steps.")
+        return ("AA: AutoAttack, standard version (APGD-CE, APGD-T, FAB-T, Square; 100 iterations, 5000 queries; "
+                "L-inf, eps 8/255), the reference code (pyautoattack).")
     return (f"AA: a reduced AutoAttack for this profile, APGD-CE then APGD-DLR ({profile.autoattack_steps} steps "
-            "each; L-inf, eps 8/255) through torchattacks. The paper has no AA column ('-').")
+            "each; L-inf, eps 8/255), the reference code (pyautoattack). The paper has no AA column ('-').")
 
 
 def passes(spec: AttackSpec | None) -> float:
     """Forward-backward passes per test image an attack costs, roughly (for plan.py). Restarts
     attack only the survivors (about two full runs); AutoAttack's attacks run on the survivors of
-    the ones before: its standard version (torchattacks: 10 APGD steps) is priced as APGD-CE plus nine
-    targeted runs of APGD-T and FAB-T on a fifth of the images, and Square's 5000 queries on a tenth."""
+    the ones before: its standard version (100 iterations each) is priced as APGD-CE plus nine targeted
+    runs of APGD-T and FAB-T on a fifth of the images, and Square's 5000 queries on a tenth."""
     if spec is None:
         return 1
     if spec.name == "autoattack":
-        return 2 * spec.steps if spec.version == "apgd" else 10 + 0.2 * 9 * (10 + 10) + 0.1 * 5000
+        return 2 * spec.steps if spec.version == "apgd" else 100 + 0.2 * 9 * (100 + 100) + 0.1 * 5000
     return spec.steps * (1 if spec.restarts == 1 else 2)
 

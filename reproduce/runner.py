@@ -80,6 +80,7 @@ def run_notebooks(profile: str | None = None, dataset: str = "cifar10", *, devic
         try:
             papermill.execute_notebook(str(notebooks_dir / name), str(executed_dir / name), parameters=params,
                                        kernel_name="python3", progress_bar=False, cwd=str(notebooks_dir),
+                                       coalesce_streams=True,  # a finished bar's carriage returns collapse
                                        stdout_file=None if quiet else NotebookLog(name.split("_")[0]))
         except papermill.PapermillExecutionError as e:
             print(f"FAILED: {name}, cell {e.exec_count or e.cell_index}: {e.ename}: {e.evalue}\n"

@@ -15,12 +15,13 @@ from pathlib import Path
 
 import torch
 from filelock import FileLock, Timeout
-from tqdm.auto import tqdm
+from .progress import bar as progress_bar
 
 from .attacks import PGD7, AttackSpec
 from .data import DataSplit, load_dataset
 from .defenses import crafting_spec, defense_loss
 from .devices import autocast, resolve_device
+from .export import write_weights
 from .loader import DeviceLoader
 from .models import Classifier, build_model
 from .store import (
@@ -215,8 +216,8 @@ def _train_epoch(experiment, t: _Training, epoch: int, device, progress: bool) -
     correct = torch.zeros((), device=device)
     seen = 0
     t0 = time.perf_counter()
-    bar = tqdm(t.loader, desc=f"{experiment.label} epoch {epoch + 1}/{experiment.epochs}", disable=not progress,
-               leave=False)
+    bar = progress_bar(t.loader, f"{experiment.label} epoch {epoch + 1}/{experiment.epochs}", progress)
+    shown = t0
     for step, (x, y) in enumerate(bar):
         if device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
@@ -231,7 +232,9 @@ def _train_epoch(experiment, t: _Training, epoch: int, device, progress: bool) -
         loss_sum += loss.detach().float() * len(y)
         correct += (logits.detach().argmax(1) == y).sum()
         seen += len(y)
-        if progress and step % 20 == 0:  # the only host-device syncs of the step loop
+        # the only host-device syncs of the step loop: about once a second, and at the epoch's last step
+        if progress and (time.perf_counter() - shown > 1.0 or step == len(t.loader) - 1):
+            shown = time.perf_counter()
             bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{100 * correct.item() / seen:.1f}",
                             img_s=f"{seen / (time.perf_counter() - t0):.0f}")
     return {"train_loss": loss_sum.item() / max(seen, 1), "train_acc": 100 * correct.item() / max(seen, 1),
@@ -310,4 +313,5 @@ def _finish(experiment, store, model, status: str, kept: dict | None, data, prog
             print(f"{experiment.label}: loss became non-finite; the run is recorded as diverged ({run_dir})")
         return TrainedRun(experiment, None, result, run_dir)
     model.load_state_dict(load_checkpoint(run_dir / "best.pt", key=experiment.key)["model"])
+    write_weights(model, run_dir, experiment)  # the kept weights as safetensors, for load_model and plain PyTorch
     return TrainedRun(experiment, model.eval(), result, run_dir)

@@ -103,3 +103,31 @@ def test_first_cell_does_nothing_outside_colab(tmp_path):
     finally:
         kernel.stop()
 
+
+
+FAKE_DRIVE = """
+import os, sys, types
+drive = types.ModuleType("google.colab.drive")
+drive.mount = lambda folder: os.makedirs(os.path.join(folder, "MyDrive"), exist_ok=True)
+sys.modules["google.colab.drive"] = drive
+sys.modules["google.colab"].drive = drive
+"""
+
+
+def test_keep_on_drive_puts_the_store_on_drive(tmp_path, colab_kernel):
+    """With KEEP_ON_DRIVE, runs/ and figures/ go to the (here stand-in) Drive, so a notebook of a new
+    runtime finds the models an earlier one trained."""
+    if subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True).returncode:
+        pytest.skip("the repository is not a git checkout")
+    assert colab_kernel.run(FAKE_DRIVE)[0] == "ok"
+    drive = tmp_path / "drive"
+    cell = first_cell(str(REPO)).replace("KEEP_ON_DRIVE = False", "KEEP_ON_DRIVE = True") \
+        .replace('DRIVE = "/content/drive"', f'DRIVE = "{drive}"')
+    status, _, error = colab_kernel.run(cell)
+    assert status == "ok", error
+    status, out, error = colab_kernel.run("from reproduce import start\n"
+                                          "run = start('smoke', 'fashion-mnist', device='cpu', quiet=True)\n"
+                                          "print(run.store.root, run.figures_root)")
+    assert status == "ok", error
+    shared = drive / "MyDrive" / "discriminative-robustness"
+    assert out.split() == [str(shared / "runs"), str(shared / "figures")]
