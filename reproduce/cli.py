@@ -226,7 +226,7 @@ def cmd_export(args) -> int:
     from .export import export, format_row
     from .store import read_checked_json
 
-    out = export(args.run_dir, args.out_dir)
+    out = export(args.run_dir, args.out_dir, data_dir=args.data)
     saved = read_checked_json(out / "table1_row.json")
     print(format_row(saved["row"], saved["test_images"]))
     print(f"written {out}: model.safetensors (+ .sha256), experiment.json, table1_row.json, MODEL_CARD.md")
@@ -354,6 +354,8 @@ def main(argv=None) -> int:
     p = sub.add_parser("export", help="a trained run as weights, experiment, Table I row and model card")
     p.add_argument("run_dir", help="a run folder of the store, e.g. runs/fashion-mnist-smoke-AAML-AT-963f71ce02a5")
     p.add_argument("out_dir", help="the folder to write (created if missing)")
+    p.add_argument("--data", default=None, help="dataset folder (default: $REPRODUCE_DATA, else data/ of the "
+                                                "checkout)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_export, profile=None)
 

@@ -26,7 +26,7 @@ if "google.colab" in sys.modules and not os.path.isfile("../reproduce/__init__.p
         from google.colab import drive
         drive.mount(DRIVE)
         for name in ("runs", "figures"):  # read by reproduce.start
-            os.environ[f"REPRODUCE_{{name.upper()}}"] = os.path.join(DRIVE, "MyDrive", "discriminative-robustness", name)
+            os.environ[f"REPRODUCE_{{name.upper()}}"] = f"{{DRIVE}}/MyDrive/discriminative-robustness/{{name}}"
     if not os.path.isdir("reproduction/.git"):
         clone = subprocess.run(["git", "clone", "-q", REPOSITORY, "reproduction"], capture_output=True, text=True)
         if clone.returncode:

@@ -190,10 +190,11 @@ def format_row(row: dict, n: int) -> str:
     return "\n".join(lines)
 
 
-def export(run_dir, out_dir, run=None) -> Path:
+def export(run_dir, out_dir, run=None, data_dir=None) -> Path:
     """Write `out_dir`: model.safetensors and its digest, experiment.json, table1_row.json (every Table I
     column, measured on the profile's test images, from the store's caches where they are) and
-    MODEL_CARD.md. `run` (the run context) defaults to the run's own profile and dataset."""
+    MODEL_CARD.md. `run` (the run context) defaults to the run's own profile and dataset, with the data
+    in `data_dir` (default: data/ of the checkout)."""
     from .context import Run
     from .store import write_checked_json
 
@@ -203,8 +204,10 @@ def export(run_dir, out_dir, run=None) -> Path:
         raise ValueError(f"{out_dir} must be a new or existing folder other than the run itself")
     result = read_checked_json(run_dir / "result.json") if (run_dir / "result.json").exists() else None
     if result is None or result["status"] != "finished":
-        raise ValueError(f"{run_dir} has not finished training ({'no result.json' if result is None else result['status']})")
-    run = run or Run(experiment.profile, experiment.dataset, experiment.objectives, progress=False)
+        state = "no result.json" if result is None else result["status"]
+        raise ValueError(f"{run_dir} has not finished training ({state})")
+    run = run or Run(experiment.profile, experiment.dataset, experiment.objectives, data_root=data_dir,
+                     progress=False)
     model = load_folder(run_dir, run.device)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_weights(model, out_dir, experiment)

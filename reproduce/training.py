@@ -15,7 +15,6 @@ from pathlib import Path
 
 import torch
 from filelock import FileLock, Timeout
-from .progress import bar as progress_bar
 
 from .attacks import PGD7, AttackSpec
 from .data import DataSplit, load_dataset
@@ -24,6 +23,7 @@ from .devices import autocast, resolve_device
 from .export import write_weights
 from .loader import DeviceLoader
 from .models import Classifier, build_model
+from .progress import bar as progress_bar
 from .store import (
     RunStore,
     StoreError,

@@ -413,6 +413,15 @@ def test_wilson_interval_solves_its_defining_quadratic(accuracy, n):
     assert 0 <= low <= accuracy <= high <= 100
 
 
+@pytest.mark.parametrize("k,n", [(243, 300), (0, 300), (40, 40), (3750, 10000), (1, 1), (7, 13)])
+def test_wilson_interval_equals_scipys(k, n):
+    from scipy.stats import binomtest
+
+    theirs = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+    low, high = wilson_interval(100 * k / n, n)
+    assert (low, high) == pytest.approx((100 * theirs.low, 100 * theirs.high), abs=1e-9)
+
+
 def test_tables_show_intervals_seed_spread_and_no_cross_dataset_difference():
     import pandas as pd
 

@@ -1,0 +1,107 @@
+"""A trained model outside the store: load_model by label and by folder, safetensors weights that plain
+PyTorch opens, `export` and `evaluate` (ours and any pickled torch.nn.Module)."""
+import hashlib
+import json
+
+import pytest
+import torch
+from conftest import write_idx
+
+from reproduce import load_model
+from reproduce.cli import main
+from reproduce.config import make_experiment
+from reproduce.evaluation import accuracy
+from reproduce.export import WEIGHTS, read_weights
+from reproduce.protocol import TABLE1
+from reproduce.store import CheckpointError, RunStore
+from reproduce.training import train
+
+SETTINGS = dict(epochs=1, train_limit=200, val_limit=50)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    data = write_idx(root / "data", n_train=300, n_test=60)
+    exp = make_experiment("SM", "UM", "smoke", "mnist", **SETTINGS)
+    run = train(exp, RunStore(root / "runs"), data=data, device="cpu", progress=False)
+    return root, data, exp, run
+
+
+def _images(data):
+    """The test images as floats in [0, 1], and their labels."""
+    from reproduce.data import load_dataset
+
+    split = load_dataset("mnist", data)
+    x = split.x_test
+    return (x.float() / 255 if x.dtype == torch.uint8 else x), split.y_test
+
+
+def test_load_model_by_label_and_by_folder_gives_the_trained_model(trained):
+    root, data, exp, run = trained
+    x, _ = _images(data)
+    expected = run.model(x[:16])
+    by_folder = load_model(run.run_dir, device="cpu")
+    by_label = load_model("SM-UM", profile="smoke", dataset="mnist", runs_dir=root / "runs", device="cpu", **SETTINGS)
+    assert torch.equal(by_folder(x[:16]), expected) and torch.equal(by_label(x[:16]), expected)
+    with pytest.raises(FileNotFoundError, match="not trained"):
+        load_model("AAML-AT", profile="smoke", dataset="mnist", runs_dir=root / "runs", device="cpu")
+    with pytest.raises(ValueError, match="neither a folder nor a table label"):
+        load_model("no such thing", runs_dir=root / "runs")
+
+
+def test_weights_open_with_plain_safetensors_and_carry_their_digest(trained, tmp_path):
+    from safetensors.torch import load_file
+
+    _, _, exp, run = trained
+    with pytest.raises((RuntimeError, IndexError, ValueError)):  # the checkpoint's digest line comes first
+        torch.load(run.run_dir / "best.pt", weights_only=True)
+    state = load_file(str(run.run_dir / WEIGHTS))  # no code of ours
+    assert state.keys() == run.model.state_dict().keys()
+    assert all(torch.equal(state[k], v) for k, v in run.model.state_dict().items())
+    digest, name = (run.run_dir / (WEIGHTS + ".sha256")).read_text().split()
+    assert name == WEIGHTS and digest == hashlib.sha256((run.run_dir / WEIGHTS).read_bytes()).hexdigest()
+    # a damaged copy is refused
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    data = bytearray((run.run_dir / WEIGHTS).read_bytes())
+    data[-1] ^= 1
+    (copy / WEIGHTS).write_bytes(bytes(data))
+    (copy / (WEIGHTS + ".sha256")).write_text((run.run_dir / (WEIGHTS + ".sha256")).read_text())
+    with pytest.raises(CheckpointError, match="does not match its SHA-256"):
+        read_weights(copy, key=exp.key)
+
+
+def test_export_writes_weights_experiment_row_and_card(trained, tmp_path, capsys):
+    root, data, exp, run = trained
+    out = tmp_path / "exported"
+    assert main(["export", str(run.run_dir), str(out), "--data", str(data), "--quiet"]) == 0
+    assert {p.name for p in out.iterdir()} >= {WEIGHTS, WEIGHTS + ".sha256", "experiment.json", "table1_row.json",
+                                               "MODEL_CARD.md"}
+    row = json.loads((out / "table1_row.json").read_text())["row"]
+    assert set(row) == {c.key for c in TABLE1.attacks}
+    x, y = _images(data)
+    assert row["clean"]["accuracy"] == pytest.approx(accuracy(run.model, x, y), abs=0.01)
+    assert all(row[k]["accuracy"] <= row["clean"]["accuracy"] + 100 / len(y) for k in row)
+    assert row["clean"]["low"] <= row["clean"]["accuracy"] <= row["clean"]["high"]
+    # the export loads like a run folder, with the same weights
+    assert torch.equal(load_model(out, device="cpu")(x[:8]), run.model(x[:8]))
+    assert "SM-UM" in (out / "MODEL_CARD.md").read_text()
+
+
+def test_evaluate_runs_every_column_on_any_module(trained, tmp_path, capsys):
+    root, data, exp, run = trained
+    path = tmp_path / "module.pt"
+    torch.save(run.model, path)  # a user's whole nn.Module, pickled
+    csv = tmp_path / "row.csv"
+    assert main(["evaluate", str(path), "--profile", "smoke", "--dataset", "mnist", "--data", str(data),
+                 "--runs", str(tmp_path / "runs"), "--device", "cpu", "--quiet", "--out", str(csv)]) == 0
+    printed = capsys.readouterr().out
+    assert all(c.key in printed for c in TABLE1.attacks)
+    import pandas as pd
+
+    row = pd.read_csv(csv, index_col="column")["accuracy"]
+    x, y = _images(data)
+    assert row["clean"] == pytest.approx(accuracy(run.model, x, y), abs=0.01)
+    assert (row <= row["clean"] + 100 / len(y)).all()
+    assert main(["evaluate", str(tmp_path / "missing.pt"), "--dataset", "mnist", "--data", str(data)]) == 2
