@@ -307,11 +307,14 @@ def _finish(experiment, store, model, status: str, kept: dict | None, data, prog
               # what a user compares between machines: where it ran, at how many CPU threads, how fast
               "device": str(next(model.parameters()).device), "threads": torch.get_num_threads(),
               "images_per_s": sum(m.get("images_per_s", 0) for m in metrics) / max(len(metrics), 1)}
-    write_checked_json(run_dir / "result.json", result)
     if status == "diverged":
+        write_checked_json(run_dir / "result.json", result)
         if progress:
             print(f"{experiment.label}: loss became non-finite; the run is recorded as diverged ({run_dir})")
         return TrainedRun(experiment, None, result, run_dir)
     model.load_state_dict(load_checkpoint(run_dir / "best.pt", key=experiment.key)["model"])
-    write_weights(model, run_dir, experiment)  # the kept weights as safetensors, for load_model and plain PyTorch
+    # the kept weights as safetensors (for load_model and plain PyTorch) before result.json marks the run
+    # finished, so a kill between the two is redone on resume rather than leaving a finished run without them
+    write_weights(model, run_dir, experiment)
+    write_checked_json(run_dir / "result.json", result)
     return TrainedRun(experiment, model.eval(), result, run_dir)

@@ -92,7 +92,7 @@ def test_notebook_01_runs_through_a_jupyter_server(tmp_path):
         kernel = session["kernel"]["id"]
         ws = websocket.create_connection(f"ws://127.0.0.1:{server.port}/api/kernels/{kernel}/channels"
                                          f"?token={TOKEN}", timeout=600)
-        printed = []
+        printed, shown = [], []
         for cell in nb.cells:
             if cell.cell_type != "code":
                 continue
@@ -101,10 +101,14 @@ def test_notebook_01_runs_through_a_jupyter_server(tmp_path):
             errors = [f"{o['ename']}: {o['evalue']}" for o in outputs if o["type"] == "error"]
             assert not errors, (code[:200], errors)
             printed += [o["text"] for o in outputs if o["type"] == "stream"]
+            shown += [o["data"] for o in outputs if o["type"] in ("display_data", "execute_result")]
         ws.close()
         server.api("DELETE", f"/api/sessions/{session['id']}")
         assert server.api("GET", "/api/kernels") == []
     finally:
         server.stop()
     assert (tmp_path / "figures" / "fashion-mnist-smoke" / "fig_losses_2d_embeddings.png").stat().st_size > 10_000
-    assert any("epoch 1" in text for text in printed)  # training progress reached the client
+    # what the cells print and draw reached the client: the run line, the figure, the accuracy table
+    assert any("2-d embeddings on" in text for text in printed), printed
+    assert any("image/png" in data for data in shown)
+    assert any("test accuracy (%)" in data.get("text/html", "") for data in shown)
