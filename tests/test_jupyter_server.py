@@ -1,6 +1,7 @@
 """A notebook executed the way JupyterLab executes it: a real Jupyter server started headlessly, a
 session and kernel opened through its REST API, every cell sent over the kernel's websocket."""
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -31,7 +32,9 @@ class JupyterServer:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "jupyter_server", "--no-browser", "--allow-root", f"--port={self.port}",
              "--ip=127.0.0.1", f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={root}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            # the kernel draws with Jupyter's inline backend, as a user's does, not the suite's Agg
+            env={k: v for k, v in os.environ.items() if k != "MPLBACKEND"})
         for _ in range(120):
             try:
                 self.api("GET", "/api/status")

@@ -20,7 +20,8 @@ FIGURES = ["fig1_tsne_sm_vs_aaml.png", "fig2_tsne_airplane_fgsm.png", "fig_table
 
 
 @pytest.mark.slow
-def test_every_notebook_runs_and_writes_every_output(tmp_path, capsys):
+def test_every_notebook_runs_and_writes_every_output(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernels draw inline, as in Jupyter, not the suite's Agg
     data = tmp_path / "data"
     write_cifar10(data, n_train=300, n_test=100)
     write_idx(data, "MNIST", n_train=300, n_test=100)
