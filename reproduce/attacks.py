@@ -1,6 +1,7 @@
 """White-box attacks as plain functions of (model, images, labels, spec) on whole batches.
 
-Every attack maximises cross-entropy on the model's prediction logits, works on images in [0, 1],
+Every attack maximises a loss of the model's prediction logits (cross-entropy unless the spec names
+another: the CW margin for the PGD family; CE or DLR for APGD), works on images in [0, 1],
 projects each iterate onto the eps-ball of its norm and clips it to [0, 1]. The model is put in
 eval mode for the attack (unless `train_mode=True`, which adversarial training uses) and left in the
 mode it was found; gradients are taken with respect to the images only, so the model's parameters
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn as nn
@@ -20,7 +21,12 @@ EPS = 8 / 255
 STEP = 2 / 255
 
 
-ITERATIVE = ("bim", "pgd", "mim")
+ITERATIVE = ("bim", "pgd", "mim", "apgd", "apgd-t", "square")  # need steps= (square: its queries)
+# The losses each attack can ascend; the first is its default. "cw": the margin max_{j != y} z_j - z_y
+# (Carlini-Wagner's, unclamped); "dlr": the margin over the spread of the top logits (scale-free).
+ATTACK_LOSSES = {"fgsm": ("ce", "cw"), "bim": ("ce", "cw"), "pgd": ("ce", "cw"), "mim": ("ce", "cw"),
+                 "apgd": ("ce", "dlr"), "apgd-t": ("dlr",), "square": ("margin",), "autoattack": ("ensemble",)}
+GRADIENT_ATTACKS = ("fgsm", "bim", "pgd", "mim")  # ours: the ones that take logit_scale and logits_of
 
 
 @dataclass(frozen=True)
@@ -31,9 +37,15 @@ class AttackSpec:
     robustness without a word. PGD starts at a random point of the eps-ball unless told otherwise,
     BIM never does. "autoattack" runs the reference AutoAttack: `version="standard"` (APGD-CE, APGD-T,
     FAB-T, Square) or "apgd" (APGD-CE then APGD-DLR, `steps` each: a cheaper budget for small profiles).
+    "apgd" (loss ce or dlr), "apgd-t" (targeted DLR over the `targets` most likely other classes) and
+    "square" (gradient-free, `steps` queries) run the reference code's single attacks.
+
+    `loss` picks what the attack ascends (ATTACK_LOSSES); `logit_scale` multiplies the logits before
+    the loss (an attacker's temperature: a robust model does not care); `images` attacks only the first
+    N test images of an evaluation (the budget of a costly attack such as Square).
     """
 
-    name: str  # fgsm | bim | pgd | mim | autoattack
+    name: str  # fgsm | bim | pgd | mim | autoattack | apgd | apgd-t | square
     eps: float = EPS
     step: float = STEP
     steps: int | None = None  # required for bim, pgd, mim; fgsm takes one step of size eps
@@ -44,6 +56,10 @@ class AttackSpec:
     label: str = ""
     version: str = "standard"  # autoattack only: standard | apgd
     clip_start: bool = True  # PGD: clip the random start into [0, 1] (the authors' PGD did not)
+    loss: str | None = None  # None: the attack's default, ATTACK_LOSSES[name][0]
+    logit_scale: float = 1.0  # fgsm / bim / pgd / mim: the loss is taken of logit_scale * logits
+    targets: int = 9  # apgd-t: the most likely other classes it targets in turn
+    images: int | None = None  # evaluate on the first N test images only (None: all)
 
     def __post_init__(self):
         if self.name not in ATTACKS:
@@ -61,6 +77,18 @@ class AttackSpec:
             object.__setattr__(self, "steps", 100 if self.name == "autoattack" else 1)
         if self.random_start is None:
             object.__setattr__(self, "random_start", self.name == "pgd")
+        losses = ATTACK_LOSSES[self.name]
+        if self.loss is None:
+            object.__setattr__(self, "loss", losses[0])
+        if self.loss not in losses:
+            raise ValueError(f"AttackSpec({self.name!r}) cannot ascend loss={self.loss!r}; "
+                             f"choose one of {list(losses)}")
+        if self.name not in GRADIENT_ATTACKS and self.logit_scale != 1.0:
+            raise ValueError(f"logit_scale applies to {list(GRADIENT_ATTACKS)}, not {self.name!r}")
+        if self.name in ("apgd", "apgd-t", "square") and (self.norm != "linf" or self.restarts != 1):
+            raise ValueError(f"AttackSpec({self.name!r}) runs once under the L-inf norm (norm='linf', restarts=1)")
+        if self.images is not None:
+            object.__setattr__(self, "images", _checked("images", self.images, 1, math.inf, True))
         for name in ("random_start", "clip_start"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"AttackSpec {name}={getattr(self, name)!r}: expected True or False")
@@ -69,12 +97,23 @@ class AttackSpec:
         eps_high = 1.0 if self.norm == "linf" else math.inf  # L-inf: images live in [0, 1]
         for name, low, high, whole in (("eps", 0.0, eps_high, False), ("step", 0.0, math.inf, False),
                                        ("momentum", 0.0, math.inf, False), ("steps", 1, math.inf, True),
-                                       ("restarts", 1, math.inf, True)):
+                                       ("restarts", 1, math.inf, True), ("targets", 1, math.inf, True),
+                                       ("logit_scale", 0.0, math.inf, False)):
             object.__setattr__(self, name, _checked(name, getattr(self, name), low, high, whole))
+        if self.logit_scale == 0:
+            raise ValueError("AttackSpec logit_scale=0: must be above 0 (it multiplies the logits)")
 
     @property
     def column(self) -> str:
         return self.label or self.name
+
+    def identity(self) -> dict:
+        """The fields that decide this attack's numbers, for cache names. Fields added after the first
+        caches (loss, logit_scale, targets, images) appear only where they differ from their defaults,
+        so caches of the attacks that existed before them stay valid."""
+        fields = asdict(self)
+        defaults = {"loss": ATTACK_LOSSES[self.name][0], "logit_scale": 1.0, "targets": 9, "images": None}
+        return {k: v for k, v in fields.items() if k not in defaults or v != defaults[k]}
 
 
 def _checked(name: str, value, low: float, high: float, whole: bool):
@@ -90,10 +129,6 @@ def _checked(name: str, value, low: float, high: float, whole: bool):
                          + (" (L-inf eps: images live in [0, 1])" if name == "eps" else ""))
     return int(value) if whole else value
 
-    @property
-    def column(self) -> str:
-        return self.label or self.name
-
 
 @contextlib.contextmanager
 def attack_mode(model: nn.Module, train_mode: bool = False):
@@ -106,14 +141,32 @@ def attack_mode(model: nn.Module, train_mode: bool = False):
         model.train(was_training)
 
 
+def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per example, the largest other logit minus the true class's: above 0 exactly when misclassified."""
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    other = logits.scatter(1, y[:, None], float("-inf")).amax(1)
+    return other - true
+
+
+def attack_loss(logits: torch.Tensor, y: torch.Tensor, loss: str = "ce", logit_scale: float = 1.0) -> torch.Tensor:
+    """The summed loss a gradient attack ascends: cross-entropy or the CW margin of logit_scale * logits."""
+    logits = logits.float() * logit_scale if logit_scale != 1.0 else logits.float()
+    if loss == "cw":
+        return margin(logits, y).sum()
+    return F.cross_entropy(logits, y, reduction="sum")
+
+
 def input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, with_correct: bool = False,
-                   logits_of=None):
-    """d CE / d x, without touching the parameters' .grad; optionally also which examples the model
-    still classifies correctly at x (from the same forward pass, at no extra cost). `logits_of(x, y)`
-    replaces model(x) as the logits whose CE is maximised (training: the margin logits)."""
+                   logits_of=None, spec: AttackSpec | None = None):
+    """d loss / d x (the spec's loss and logit scale; CE without a spec), without touching the
+    parameters' .grad; optionally also which examples the model still classifies correctly at x (from
+    the same forward pass, at no extra cost). `logits_of(x, y)` replaces model(x) as the logits whose loss
+    is maximised (training: the margin logits)."""
     x = x.detach().requires_grad_(True)
     logits = (model(x) if logits_of is None else logits_of(x, y)).float()
-    (grad,) = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), x)
+    objective = (F.cross_entropy(logits, y, reduction="sum") if spec is None
+                 else attack_loss(logits, y, spec.loss, spec.logit_scale))
+    (grad,) = torch.autograd.grad(objective, x)
     return (grad, logits.detach().argmax(1) == y) if with_correct else grad
 
 
@@ -138,7 +191,7 @@ def _ascent_direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
 
 def fgsm(model, x, y, spec: AttackSpec, start=None, stop_when_broken: bool = False, record=None, logits_of=None):
     """One step of size eps along the gradient's sign (L-inf) or its direction (L2)."""
-    grad, correct = input_gradient(model, x, y, with_correct=True, logits_of=logits_of)
+    grad, correct = input_gradient(model, x, y, with_correct=True, logits_of=logits_of, spec=spec)
     if record is not None:
         record |= ~correct
     return project(x + spec.eps * _ascent_direction(grad, spec.norm), x, spec.eps, spec.norm)
@@ -162,7 +215,7 @@ def pgd(model, x, y, spec: AttackSpec, start: torch.Tensor | None = None, stop_w
     elif spec.clip_start:
         x_adv = project(x + start, x, spec.eps, spec.norm)
     else:  # the authors' first step, from a start outside [0, 1] that is therefore never itself scored
-        grad = input_gradient(model, x + start, y, logits_of=logits_of)
+        grad = input_gradient(model, x + start, y, logits_of=logits_of, spec=spec)
         x_adv = project(x + start + spec.step * _ascent_direction(grad, spec.norm), x, spec.eps, spec.norm)
         return _iterate(model, x, y, x_adv, spec, stop_when_broken, lambda grad, _: grad, record, logits_of,
                         steps=spec.steps - 1)
@@ -178,7 +231,7 @@ def _iterate(model, x, y, x_adv, spec, stop_when_broken, direction, record=None,
     active = None  # None: every example (no gather or scatter needed)
     for _ in range(spec.steps if steps is None else steps):
         xa, xs, ya = (x_adv, x, y) if active is None else (x_adv[active], x[active], y[active])
-        grad, correct = input_gradient(model, xa, ya, with_correct=True, logits_of=logits_of)
+        grad, correct = input_gradient(model, xa, ya, with_correct=True, logits_of=logits_of, spec=spec)
         if record is not None:
             if active is None:
                 record |= ~correct
@@ -238,7 +291,31 @@ def autoattack(model, x, y, spec: AttackSpec, start=None, stop_when_broken: bool
     return x_adv
 
 
-ATTACKS = {"fgsm": fgsm, "bim": pgd, "pgd": pgd, "mim": mim, "autoattack": autoattack}
+def reference(model, x, y, spec: AttackSpec, start=None, stop_when_broken: bool = False, record=None,
+              logits_of=None):
+    """One attack of AutoAttack's reference code (pyautoattack), seeded: APGD on CE or DLR, APGD-T on the
+    targeted DLR over `spec.targets` classes, or Square with `spec.steps` queries. Each returns, per
+    example, the adversarial image it found (or the clean one): it scores at every iterate, so `record`
+    is left as it is. It attacks the prediction logits."""
+    from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
+    from pyautoattack.square import SquareAttack
+
+    common = dict(norm="Linf", eps=spec.eps, n_restarts=1, seed=0, device=x.device)
+    if spec.name == "apgd":
+        atk = APGDAttack(model, n_iter=spec.steps, loss=spec.loss, eot_iter=1, rho=0.75, **common)
+    elif spec.name == "apgd-t":
+        with torch.no_grad():
+            classes = model(x[:1]).shape[1]
+        atk = APGDAttack_targeted(model, n_iter=spec.steps, n_target_classes=min(spec.targets, classes - 1),
+                                  eot_iter=1, rho=0.75, **common)
+    else:
+        atk = SquareAttack(model, n_queries=spec.steps, p_init=0.8, loss="margin", **common)
+    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+        return atk.perturb(x, y).detach()  # it seeds the global generator: keep the caller's draws
+
+
+ATTACKS = {"fgsm": fgsm, "bim": pgd, "pgd": pgd, "mim": mim, "autoattack": autoattack, "apgd": reference,
+           "apgd-t": reference, "square": reference}
 
 
 def check_images(x: torch.Tensor, check_range: bool = True) -> None:

@@ -167,6 +167,25 @@ def table4(cells: pd.DataFrame) -> list[Claim]:
                           int(best == paper_best and clear), 1, evidence)])
 
 
+def side_by_side(paper: list[Claim], worst: list[Claim], out_dir=None) -> str:
+    """Table I's claims under the paper's attacks and again under the per-example worst case
+    (masking.worst_case_table1: every attack column replaced by it), a line per claim, as Markdown; also
+    written to `claims_table1_worst_case.md` in `out_dir` when given."""
+    lines = ["**Table I's claims under the paper's attacks and under the per-example worst case** (every attack "
+             "column replaced by the accuracy left after every attack of Table I and of the masking report)", "",
+             "| claim | the paper's attacks | the worst case |", "|---|---|---|"]
+    for a, b in zip(paper, worst):
+        lines.append(f"| {a.text} | {a.verdict} | {b.verdict} |")
+    survive = sum(a.verdict.startswith("holds") and b.verdict.startswith("holds") for a, b in zip(paper, worst))
+    held = sum(a.verdict.startswith("holds") for a in paper)
+    lines += ["", f"{survive} of the {held} claims that hold (at least in part) under the paper's attacks still "
+              "hold under the worst case."]
+    text = "\n".join(lines) + "\n"
+    if out_dir is not None:
+        Path(out_dir, "claims_table1_worst_case.md").write_text(text)
+    return text
+
+
 def markdown(claims: list[Claim], title: str = "Do the paper's claims hold on this run?") -> str:
     """The verdicts as a Markdown list, each with its numbers."""
     seeds = max((claim.seeds for claim in claims), default=1)

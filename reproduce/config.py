@@ -34,6 +34,10 @@ class Profile:
     seeds: int = 1  # each table model is trained this many times (seeds 0, 1, ...); tables show mean and spread
     autoattack: str = "standard"  # Table I's AA column: "standard" AutoAttack, or "apgd" (APGD-CE + APGD-DLR)
     autoattack_steps: int = 100  # APGD steps of the "apgd" version
+    apgd_steps: int = 100  # the masking report's APGD-DLR and APGD-T (AutoAttack's budget)
+    apgd_targets: int = 9  # APGD-T's target classes
+    square_queries: int = 5000  # the masking report's Square attack ...
+    square_images: int = 1000  # ... on this many test images (it needs a forward pass per query)
 
 
 PROFILES = {
@@ -41,7 +45,8 @@ PROFILES = {
     "smoke": Profile("smoke", width=16, epochs=4, batch_size=128, lr=0.2, schedule="onecycle",
                      train_limit=10000, adv_train_limit=1500, adv_batch_size=32, val_limit=500, test_limit=300,
                      restarts=3,
-                     mim_steps=40, tsne_points=300, autoattack="apgd", autoattack_steps=20),
+                     mim_steps=40, tsne_points=300, autoattack="apgd", autoattack_steps=20,
+                     apgd_steps=20, apgd_targets=3, square_queries=300, square_images=100),
     # Full ResNet-18 and full data, short one-cycle schedules: every table on one GPU in hours.
     "quick": Profile("quick", width=64, epochs=30, batch_size=512, lr=0.2, schedule="onecycle",
                      train_limit=None, adv_train_limit=None, adv_batch_size=None, val_limit=None, test_limit=None,
@@ -50,7 +55,8 @@ PROFILES = {
     # a third of the data for AT / ALP, 1000 test images, 5 restarts, the reduced AutoAttack.
     "colab": Profile("colab", width=64, epochs=8, batch_size=256, lr=0.2, schedule="onecycle",
                      train_limit=None, adv_train_limit=15000, adv_batch_size=128, val_limit=2000, test_limit=1000,
-                     restarts=5, tsne_points=1000, autoattack="apgd", autoattack_steps=50),
+                     restarts=5, tsne_points=1000, autoattack="apgd", autoattack_steps=50,
+                     apgd_steps=50, apgd_targets=3, square_queries=1000, square_images=200),
     # The paper's schedule: plateau scheduler on the training loss, up to 1000 epochs.
     "paper": Profile("paper", width=64, epochs=1000, batch_size=256, lr=0.1, schedule="plateau",
                      train_limit=None, adv_train_limit=None, adv_batch_size=None, val_limit=None, test_limit=None,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 
 import torch
 from filelock import FileLock, Timeout
@@ -57,22 +57,35 @@ def accuracy(model, images, labels, *, batch_size: int = 250, bf16: bool = False
 
 
 def robust_scores(model, images, labels, spec: AttackSpec | None, *, batch_size: int = 250,
-                  desc: str | None = None, progress: bool = False) -> dict:
+                  desc: str | None = None, progress: bool = False, per_example: bool = False) -> dict:
     """{"final": accuracy (percent) at the attack's final iterate, "any_iterate": accuracy counting
     an example as broken at any misclassified iterate}, from one run of `spec` (clean images when spec
-    is None: both are the clean accuracy)."""
-    if spec is None:
-        clean = accuracy(model, images, labels, batch_size=batch_size)
-        return {"final": clean, "any_iterate": clean}
+    is None: both are the clean accuracy). With `per_example`, also "correct" and "correct_any_iterate":
+    a bool per image (CPU tensors)."""
     device = next(model.parameters()).device
-    final = torch.zeros((), device=device)
-    every = torch.zeros((), device=device)
-    for x, y in progress_bar(DeviceLoader(images, labels, batch_size, device=device), desc, progress):
-        _, right, always = attack_scored(model, x, y, spec)
-        final += right.sum()
-        every += always.sum()
+    final, every = [], []
+    for x, y in progress_bar(DeviceLoader(images, labels, batch_size, device=device), desc,
+                             progress and spec is not None):
+        if spec is None:
+            right = always = predicts_right(model, x, y)
+        else:
+            _, right, always = attack_scored(model, x, y, spec)
+        final.append(right)
+        every.append(always)
+    final = torch.cat(final).cpu() if final else torch.zeros(0, dtype=torch.bool)
+    every = torch.cat(every).cpu() if every else torch.zeros(0, dtype=torch.bool)
     n = max(len(labels), 1)
-    return {"final": 100.0 * final.item() / n, "any_iterate": 100.0 * every.item() / n}
+    out = {"final": 100.0 * final.sum().item() / n, "any_iterate": 100.0 * every.sum().item() / n}
+    return dict(out, correct=final, correct_any_iterate=every) if per_example else out
+
+
+def bits(correct: torch.Tensor) -> str:
+    """A bool per image as a string of 0s and 1s, as caches keep it."""
+    return "".join("1" if c else "0" for c in correct.tolist())
+
+
+def from_bits(text: str) -> torch.Tensor:
+    return torch.tensor([c == "1" for c in text], dtype=torch.bool)
 
 
 def robust_accuracy(model, images, labels, spec: AttackSpec | None, *, scoring: str = "final",
@@ -103,6 +116,19 @@ def cache_name(kind: str, images, **parts) -> str:
     changed definition is computed anew instead of served stale."""
     text = json.dumps(dict(cache_identity(images, **parts), kind=kind), sort_keys=True, default=str)
     return f"{kind}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+
+
+def cached_value(store: RunStore, experiment, images, name: str, compute):
+    """A per-model result (anything JSON holds) cached in the run's eval/ folder under `name`, on this test
+    set: `compute()` runs only when the cache is missing, damaged or another's."""
+    path = store.eval_path(experiment, cache_name(name, images))
+    identity = cache_identity(images, key=experiment.key, column=name)
+    found = read_cache(path, identity)
+    if found is None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        found = dict(identity, value=compute())
+        write_checked_json(path, found)
+    return found["value"]
 
 
 def white_box(model, images, labels, specs: list[AttackSpec], *, progress: bool = True,
@@ -170,20 +196,30 @@ def evaluate_columns(experiment, model, images, labels, specs, store: RunStore |
                           wait_for_claim=wait_for_claim).items()}
 
 
+def subset(images, labels, spec: AttackSpec | None):
+    """The test images a column is measured on: the first `spec.images` of them, or all."""
+    n = None if spec is None else spec.images
+    return (images, labels) if n is None else (images[:n], labels[:n])
+
+
 def column_scores(experiment, model, images, labels, specs, store: RunStore | None = None, *,
-                  progress: bool = True, wait_for_claim: bool = True) -> dict:
-    """{'clean' or column: {"final": accuracy, "any_iterate": accuracy}}, cached per column."""
+                  progress: bool = True, wait_for_claim: bool = True, per_example: bool = False) -> dict:
+    """{'clean' or column: {"final": accuracy, "any_iterate": accuracy, "n": test images}}, cached per
+    column; with `per_example`, also "correct" and "correct_any_iterate", a bool per image (a cache
+    written without them is computed again)."""
     store = store or RunStore()
     row = {}
     for spec in [None] + list(specs):
         column = "clean" if spec is None else spec.column
-        spec_fields = None if spec is None else asdict(spec)
+        spec_fields = None if spec is None else spec.identity()
         if spec is not None and spec.name == "autoattack":  # since 0.2 the reference code, not torchattacks
             spec_fields["implementation"] = "pyautoattack"
         path = store.eval_path(experiment, cache_name(f"column-{column}", images, spec=spec_fields))
         identity = cache_identity(images, key=experiment.key, column=column, spec=spec_fields)
+        xs, ys = subset(images, labels, spec)
+        usable = lambda c: c is not None and (not per_example or "correct" in c)  # noqa: E731
         cached = read_cache(path, identity)
-        if cached is None:
+        if not usable(cached):
             path.parent.mkdir(parents=True, exist_ok=True)
             claim = FileLock(str(path) + ".lock")
             try:
@@ -192,20 +228,25 @@ def column_scores(experiment, model, images, labels, specs, store: RunStore | No
                 continue
             try:
                 cached = read_cache(path, identity)  # computed by the process we waited for
-                if cached is None:
+                if not usable(cached):
                     torch.manual_seed(int(hashlib.sha256(f"{experiment.key}/{column}".encode()).hexdigest()[:8], 16))
                     start = time.perf_counter()
-                    scores = robust_scores(model, images, labels, spec, progress=progress,
-                                           desc=f"{experiment.label} {column}")
+                    scores = robust_scores(model, xs, ys, spec, progress=progress,
+                                           desc=f"{experiment.label} {column}", per_example=True)
                     cached = dict(identity, label=experiment.label, accuracy=scores["final"],
-                                  accuracy_any_iterate=scores["any_iterate"], seconds=time.perf_counter() - start)
+                                  accuracy_any_iterate=scores["any_iterate"], seconds=time.perf_counter() - start,
+                                  n=len(ys), correct=bits(scores["correct"]),
+                                  correct_any_iterate=bits(scores["correct_any_iterate"]))
                     write_checked_json(path, cached)
-                    if progress:
-                        print(f"{experiment.label} {column}: {cached['accuracy']:.2f}% on {len(labels)} images "
+                    if progress and spec is not None:
+                        print(f"{experiment.label} {column}: {cached['accuracy']:.2f}% on {len(ys)} images "
                               f"({cached['seconds']:.0f} s)", flush=True)
             finally:
                 claim.release()
-        row[column] = {"final": cached["accuracy"], "any_iterate": cached["accuracy_any_iterate"]}
+        row[column] = {"final": cached["accuracy"], "any_iterate": cached["accuracy_any_iterate"], "n": len(ys)}
+        if per_example:
+            row[column].update(correct=from_bits(cached["correct"]),
+                               correct_any_iterate=from_bits(cached["correct_any_iterate"]))
     return row
 
 
@@ -240,18 +281,20 @@ def evaluate_white_box(experiment, model, images, labels, specs, store: RunStore
     store = store or RunStore()
     scores = column_scores(experiment, model, images, labels, specs, store, progress=progress)
     rows = {s: {c: v[s] for c, v in scores.items()} for s in SCORINGS}
+    n_images = {c: v["n"] for c, v in scores.items()}
     row = rows[scoring]
     curve = None
     if with_checks:
-        path = store.eval_path(experiment, cache_name("eps_curve", images, spec=asdict(CURVE_BASE)))
-        identity = cache_identity(images, key=experiment.key, column="eps_curve", spec=asdict(CURVE_BASE))
+        path = store.eval_path(experiment, cache_name("eps_curve", images, spec=CURVE_BASE.identity()))
+        identity = cache_identity(images, key=experiment.key, column="eps_curve", spec=CURVE_BASE.identity())
         cached = read_cache(path, identity)
         if cached is None:
             cached = dict(identity, curve=eps_curve(model, images, labels))
             write_checked_json(path, cached)
         curve = cached["curve"]
     return {"label": experiment.label, "key": experiment.key, "row": row, "row_final": rows["final"],
-            "row_any_iterate": rows["any_iterate"], "eps_curve": curve, "flags": white_box_checks(row, curve)}
+            "row_any_iterate": rows["any_iterate"], "n_images": n_images, "eps_curve": curve,
+            "flags": white_box_checks(row, curve)}
 
 
 def craft(model, images, labels, spec: AttackSpec, batch_size: int = 250, progress: bool = False,

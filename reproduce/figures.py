@@ -147,3 +147,50 @@ def curve_panels(df, x: str, panel: str, hue: str, path=None, x_label: str = "",
     grid.figure.suptitle(title, y=1.06)  # above the smoke stamp of narrow figures
     stamp(grid.figure, profile)
     return save(grid.figure, path)
+
+
+def masking_report(summary, titles: dict, path=None, profile: str | None = None, flagged=()):
+    """Each model's accuracy under each attack of the masking report, with its 95% interval: a row per
+    model, a marker per attack (summary: row, column, mean, ci_low, ci_high). Flagged models in red."""
+    models = list(dict.fromkeys(summary["row"]))
+    attacks = list(dict.fromkeys(summary["column"]))
+    fig, ax = plt.subplots(figsize=(7.5, 0.42 * len(models) + 1.6))
+    palette = sns.color_palette("colorblind", len(attacks))
+    for k, (column, colour) in enumerate(zip(attacks, palette)):
+        part = summary[summary["column"] == column].set_index("row").reindex(models)
+        ys = np.arange(len(models)) + (k - (len(attacks) - 1) / 2) * 0.12
+        ax.errorbar(part["mean"], ys, xerr=[part["mean"] - part["ci_low"], part["ci_high"] - part["mean"]],
+                    fmt="o" if column != "worst" else "D", markersize=4, color=colour, capsize=2, linewidth=1,
+                    label=titles.get(column, column))
+    ax.set_yticks(range(len(models)), models)
+    for label in ax.get_yticklabels():
+        if label.get_text() in flagged:
+            label.set_color("firebrick")
+    ax.invert_yaxis()
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("accuracy (%) with its 95% interval")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12 - 0.25 / max(len(models), 1) * 4), ncol=3,
+              frameon=False)
+    ax.set_title("Under attacks built for the heads (red: flagged, CE-PGD-20 overstated it)")
+    fig.tight_layout()
+    stamp(fig, profile)
+    return save(fig, path)
+
+
+def geometry_scatter(df, metrics: dict, y: str, path=None, profile: str | None = None, title: str = ""):
+    """A panel per geometry metric ({column: axis label}) against `y` (an accuracy), a point per model:
+    colour the loss, marker the defence (seaborn)."""
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.4), squeeze=False)
+    with sns.axes_style("whitegrid"):
+        for ax, (column, label) in zip(axes.flat, metrics.items()):
+            sns.scatterplot(df, x=column, y=y, hue="loss", style="defense", ax=ax, s=45,
+                            legend=ax is axes.flat[-1])
+            ax.set_xlabel(label), ax.set_ylabel(y)
+            ax.grid(alpha=0.3)
+    if axes.flat[-1].get_legend() is not None:
+        sns.move_legend(axes.flat[-1], "upper left", bbox_to_anchor=(1.02, 1), frameon=False)
+    fig.suptitle(title, y=1.03)
+    fig.tight_layout()
+    stamp(fig, profile)
+    return save(fig, path)

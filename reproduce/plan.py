@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+from . import protocol
 from .abcl import SCALE_SWEEP_LOSSES
 from .evaluation import EPS_SWEEP
 from .protocol import APPENDIX_COLUMNS, CLEAN, ITERATION_SWEEP, TABLES, Table, passes
@@ -43,6 +44,22 @@ def _evaluation_rows(run, table: Table, n_test: int) -> list[dict]:
              "notebook": table.notebook, "passes": len(models) * n_test * per_model}]
 
 
+def _masking_rows(run, n_test: int) -> list[dict]:
+    """The masking report's attacks on every Table I model (Square on its first images), the zero-gradient
+    pass, the geometry's FGSM and PGD-20, and the logit-scale sweep (CE-PGD-20 at each T but 1, whose
+    column is Table I's) on the SM and AAML models."""
+    prof, models = run.profile, protocol.TABLE1.models(run)
+    per_model = 1 + 1 + 20  # zero gradient; the geometry's FGSM and PGD-20
+    for column in protocol.MASKING_COLUMNS:
+        spec = column.spec(prof)
+        per_model += passes(spec) * (min(n_test, spec.images) / n_test if spec.images else 1)
+    swept = [e for e in models if e.loss in protocol.SCALE_SWEEP_MODELS]
+    return [{"what": f"masking report and geometry, {len(models)} models", "group": "masking", "notebook": "03",
+             "passes": len(models) * n_test * per_model},
+            {"what": f"logit-scale sweep, {len(swept)} models", "group": "masking", "notebook": "03",
+             "passes": len(swept) * n_test * 20 * (len(protocol.LOGIT_SCALES) - 1)}]
+
+
 def plan(run, rates: dict | None = None) -> tuple[list[dict], float | None]:
     """Every experiment and evaluation the run's profile computes, with its cost in image passes and,
     given measured rates, in device seconds: the tables of protocol.TABLES from their definitions, the
@@ -73,6 +90,7 @@ def plan(run, rates: dict | None = None) -> tuple[list[dict], float | None]:
                              "notebook": table.trained_in, "passes": _training_passes(run, e)})
     for table in TABLES.values():
         rows += _evaluation_rows(run, table, n_test)
+    rows += _masking_rows(run, n_test)
     rows.append({"what": "robustness against PGD iterations, 4 models", "group": "curves", "notebook": "03",
                  "passes": prof.seeds * 4 * n_test * sum(ITERATION_SWEEP)})
     appendix = 9 + 10 * len(SCALE_SWEEP_LOSSES) + 5  # (k1, k2) grid, scale sweep, recipe search: UM ResNets

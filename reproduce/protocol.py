@@ -54,6 +54,21 @@ WHITE_BOX_COLUMNS = (
     AUTOATTACK,
 )
 
+# The masking report's attacks, built for the heads rather than for cross-entropy (masking.py): PGD-20 on
+# the CW margin, APGD on DLR, targeted APGD, and the gradient-free Square on the first test images.
+PGD20_CW = Column("pgd20_cw", "PGD-20 (CW)", lambda p: AttackSpec("pgd", eps=EPS, step=STEP, steps=20, loss="cw",
+                                                                 label="pgd20_cw"), in_paper=False)
+APGD_DLR = Column("apgd_dlr", "APGD-DLR", lambda p: AttackSpec("apgd", eps=EPS, steps=p.apgd_steps, loss="dlr",
+                                                               label="apgd_dlr"), in_paper=False)
+APGD_T = Column("apgd_t", "APGD-T", lambda p: AttackSpec("apgd-t", eps=EPS, steps=p.apgd_steps,
+                                                         targets=p.apgd_targets, label="apgd_t"), in_paper=False)
+SQUARE = Column("square", "Square", lambda p: AttackSpec("square", eps=EPS, steps=p.square_queries,
+                                                         images=p.square_images, label="square"), in_paper=False)
+MASKING_COLUMNS = (PGD20_CW, APGD_DLR, APGD_T, SQUARE)
+# The attacker's temperatures of the logit-scale sweep: CE-PGD-20 on logit_scale * logits.
+LOGIT_SCALES = (0.01, 0.1, 1.0, 10.0, 100.0)
+SCALE_SWEEP_MODELS = ("SM", "AAML")  # the losses whose Table I models it attacks: AAML's cosine head, SM beside it
+
 # The ABCL appendix grids (B and C): clean and three attacks on each cell.
 APPENDIX_COLUMNS = (CLEAN, FGSM, BIM7, PGD7_COLUMN)
 
@@ -178,10 +193,15 @@ def passes(spec: AttackSpec | None) -> float:
     """Forward-backward passes per test image an attack costs, roughly (for plan.py). Restarts
     attack only the survivors (about two full runs); AutoAttack's attacks run on the survivors of
     the ones before: its standard version (100 iterations each) is priced as APGD-CE plus nine targeted
-    runs of APGD-T and FAB-T on a fifth of the images, and Square's 5000 queries on a tenth."""
+    runs of APGD-T and FAB-T on a fifth of the images, and Square's 5000 queries on a tenth. A spec's
+    `images` (Square's subset) is priced by the caller, which knows the test set's size."""
     if spec is None:
         return 1
     if spec.name == "autoattack":
         return 2 * spec.steps if spec.version == "apgd" else 100 + 0.2 * 9 * (100 + 100) + 0.1 * 5000
+    if spec.name == "apgd-t":  # one run per target class
+        return spec.steps * spec.targets
+    if spec.name == "square":  # a forward pass (about a third of a forward-backward) per query
+        return spec.steps / 3
     return spec.steps * (1 if spec.restarts == 1 else 2)
 

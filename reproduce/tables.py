@@ -8,7 +8,6 @@ is written as CSV (means), a CSV of intervals, and Markdown (ours ± interval / 
 """
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
@@ -197,7 +196,7 @@ def _white_box_cells(run, table: Table, scoring: str):
         ev = evaluate_white_box(exp, run.model(exp), x, y, specs, run.store, progress=run.progress,
                                 with_checks=table.checks, scoring=scoring)
         keys = [c.key for c in table.attacks]  # what was measured, in the table's columns
-        records += [cell(row, c, exp.seed, ev["row"][k], len(y), ev["row_any_iterate"][k])
+        records += [cell(row, c, exp.seed, ev["row"][k], ev["n_images"][k], ev["row_any_iterate"][k])
                     for c, k in zip(columns, keys[-len(columns):])]
         found += [_seed_prefix(run, exp) + f for f in ev["flags"]] if table.checks else []
     return pd.DataFrame(records), flags
@@ -211,7 +210,7 @@ def _transfer_cells(run, table: Table, white_box: pd.DataFrame | None):
     for seed in range(run.profile.seeds):
         targets = [e for e in all_targets if e.seed == seed and run.finished(e)]
         surrogates = [e for e in all_surrogates if e.seed == SURROGATE_SEED_OFFSET + seed and run.finished(e)]
-        models = dict(targets=[e.key for e in targets], surrogates=[e.key for e in surrogates], spec=asdict(spec))
+        models = dict(targets=[e.key for e in targets], surrogates=[e.key for e in surrogates], spec=spec.identity())
         path = run.store.root / "tables" / (cache_name("black_box", x, **models) + ".json")
         identity = cache_identity(x, **models)
         cached = read_cache(path, identity)

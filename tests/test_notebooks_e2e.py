@@ -10,13 +10,15 @@ from conftest import write_cifar10, write_idx
 from reproduce.runner import NOTEBOOKS, run_notebooks
 
 # Budgets only: the attacks, eps and losses are the protocol's.
-TINY = dict(width=4, epochs=1, test_limit=40, val_limit=None, restarts=2, mim_steps=5, tsne_points=40)
+TINY = dict(width=4, epochs=1, test_limit=40, val_limit=None, restarts=2, mim_steps=5, tsne_points=40, apgd_steps=5,
+            square_queries=30, square_images=20)
 
 EXPECTED = ["table1_white_box", "table2_black_box_fgsm", "table3_black_box_20pgd", "table4_aaml_sweep"]
 FIGURES = ["fig1_tsne_sm_vs_aaml.png", "fig2_tsne_airplane_fgsm.png", "fig_table4_heatmap.png",
            "fig_training_curves.png", "fig_losses_2d_embeddings.png", "fig_curve_eps.png", "fig_curve_iterations.png",
            "appendix_a_feature_norm.png",
-           "appendix_b_k1k2_grid.png", "appendix_c_scale_sweep.png", "appendix_d_tsne_mnist.png"]
+           "appendix_b_k1k2_grid.png", "appendix_c_scale_sweep.png", "appendix_d_tsne_mnist.png",
+           "fig_masking_report.png", "fig_logit_scale.png", "fig_geometry.png"]
 
 
 @pytest.mark.slow
@@ -53,6 +55,14 @@ def test_every_notebook_runs_and_writes_every_output(tmp_path, capsys, monkeypat
     for csv in ("appendix_a_feature_norm", "appendix_b_k1k2_grid", "appendix_c_scale_sweep", "appendix_d_tsne_mnist",
                 "appendix_recipe_search", "curve_eps", "curve_iterations"):
         assert len(pd.read_csv(out / f"{csv}.csv")) > 0
+    report = pd.read_csv(out / "masking_report.csv", index_col=0)
+    assert list(report.index) == list(t1.index) and report["flagged"].dtype == bool
+    assert (report["pgd20"] - t1["pgd20"]).abs().max() < 1e-6  # its CE-PGD-20 is Table I's column
+    assert (report["worst"] <= report[["pgd20", "pgd20_cw", "apgd_dlr", "apgd_t"]].min(axis=1) + 1e-6).all()
+    sweep = pd.read_csv(out / "logit_scale_sweep.csv")
+    assert set(sweep["model"]) == {f"{loss}-{d}" for loss in ("SM", "AAML") for d in ("UM", "AT", "ALP")}
+    assert len(pd.read_csv(out / "geometry.csv")) == 15 * 3
+    assert "the worst case |" in (out / "claims_table1_worst_case.md").read_text()
     a = pd.read_csv(out / "appendix_a_feature_norm.csv")
     assert {"mean_norm_correct", "mean_norm_misclassified"} <= set(a.columns) and len(a) == 4
     b = pd.read_csv(out / "appendix_b_k1k2_grid.csv")

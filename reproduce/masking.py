@@ -1,0 +1,274 @@
+"""Is Table I's robustness real? Attacks built for the heads beside the paper's cross-entropy attacks.
+
+Cosine and normalised heads with a small logit scale (AAML's s) can flatten or saturate the gradient of
+cross-entropy, so CE attacks may overstate their robustness. For every Table I model the masking report
+puts beside Table I's CE-PGD-20: PGD-20 on the CW margin, APGD on the DLR loss, targeted APGD, the
+gradient-free Square attack (on the first test images), the per-example worst case over every attack
+(Table I's and these), the share of test images whose CE input gradient is zero, the end of the eps
+curve, and the strongest transfer attack (Table III). A row is flagged, with the reason, when an attack
+built for the head or one that needs no gradient beats CE-PGD-20 beyond the two 95% intervals.
+
+The logit-scale sweep asks the same question another way: CE-PGD-20 with the attacker's temperature
+(logits multiplied by T before the loss); a robust model's accuracy does not depend on T.
+Every number is cached per (model, column) like Table I's, on the same test images.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pandas as pd
+import torch
+from scipy.stats import binomtest
+
+from . import figures
+from .attacks import attack_mode
+from .evaluation import cached_value, column_scores, evaluate_white_box
+from .loader import DeviceLoader
+from .protocol import LOGIT_SCALES, MASKING_COLUMNS, SCALE_SWEEP_MODELS, TABLE1, TABLE3, WHITE_BOX_COLUMNS
+from .stats import wilson_interval
+from .tables import cell, compute, summarise
+
+# A CE input gradient whose largest entry is below this counts as zero: at float32 a saturated softmax
+# (a true-class probability of exactly 1) gives exactly zero, a working one gives 1e-9 or more.
+ZERO_GRADIENT = 1e-12
+WORST = "worst"  # the column of the per-example worst case
+STRONGER = ("pgd20_cw", "apgd_dlr", "apgd_t", "square")  # each compared with CE-PGD-20, image by image
+SIGNIFICANCE = 0.025  # one-sided McNemar: a paired 95% interval of the difference that excludes zero
+MIN_GAP = 5.0  # points: a sound model often loses 1-3 points to an attack stronger than PGD-20; masking, more
+REPORT_COLUMNS = ("pgd20", "pgd20_cw", "apgd_dlr", "apgd_t", "square", WORST)
+TITLES = {"clean": "Clean", "pgd20": "CE-PGD-20", "pgd20_cw": "CW-PGD-20", "apgd_dlr": "APGD-DLR",
+          "apgd_t": "APGD-T", "square": "Square", WORST: "worst case", "pgd20_on_square": "CE-PGD-20 (Square's images)",
+          "zero_gradient": "zero CE gradient (%)", "eps_end": "PGD-7 at eps 128/255", "transfer": "best transfer 20PGD",
+          "white_20pgd": "white-box 20PGD"}
+
+
+def zero_gradient_share(model, images, labels, batch_size: int = 250) -> float:
+    """The share (percent) of images whose CE input gradient is zero (every entry below ZERO_GRADIENT),
+    at the clean image, in eval mode."""
+    device = next(model.parameters()).device
+    zero = 0
+    with attack_mode(model):
+        for x, y in DeviceLoader(images, labels, batch_size, device=device):
+            x = x.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(torch.nn.functional.cross_entropy(model(x).float(), y, reduction="sum"), x)
+            zero += int((grad.flatten(1).abs().amax(1) < ZERO_GRADIENT).sum())
+    return 100.0 * zero / max(len(labels), 1)
+
+
+def worst_case(columns: dict) -> torch.Tensor:
+    """Per image, right under every attack: the AND of each column's any-iterate bits. A column measured
+    on the first k images only (Square) counts for those k."""
+    n = max(len(c["correct_any_iterate"]) for c in columns.values())
+    right = torch.ones(n, dtype=torch.bool)
+    for c in columns.values():
+        bits = c["correct_any_iterate"]
+        right[:len(bits)] &= bits
+    return right
+
+
+def _pct(bits: torch.Tensor) -> float:
+    return 100.0 * bits.float().mean().item() if len(bits) else float("nan")
+
+
+def report_cells(run) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(cells, extras): the report's accuracies as table cells (row = model, a column per attack and the
+    worst case, one line per seed) and, per model and seed, the numbers that are not accuracies of one
+    attack (zero-gradient share, eps curve's end, transfer) with Square's images' CE-PGD-20."""
+    x, y = run.test_images()
+    t1_specs = TABLE1.specs(run.profile)
+    specs = t1_specs + [c.spec(run.profile) for c in MASKING_COLUMNS]
+    transfer = _best_transfer(run)
+    records, extras = [], []
+    for exp in TABLE1.models(run):
+        if not run.finished(exp):
+            continue
+        model = run.model(exp)
+        scores = column_scores(exp, model, x, y, specs, run.store, progress=run.progress, per_example=True)
+        worst = worst_case(scores)
+        square_n = scores["square"]["n"]
+        for column in REPORT_COLUMNS:
+            value = _pct(worst) if column == WORST else scores[column]["final"]
+            records.append(cell(exp.label, column, exp.seed, value, scores[column]["n"] if column != WORST else len(y),
+                                _pct(worst) if column == WORST else scores[column]["any_iterate"]))
+        records.append(cell(exp.label, "pgd20_on_square", exp.seed, _pct(scores["pgd20"]["correct"][:square_n]),
+                            square_n))
+        counts = {f"{c}_{k}": v for c, pair in discordant(scores).items() for k, v in zip(("breaks", "spares"), pair)}
+        curve = evaluate_white_box(exp, model, x, y, t1_specs, run.store, progress=run.progress)["eps_curve"]
+        extras.append({"model": exp.label, "seed": exp.seed, "clean": scores["clean"]["final"],
+                       "zero_gradient": cached_value(run.store, exp, x, "zero_gradient",
+                                                     lambda m=model: zero_gradient_share(m, x, y)),
+                       "eps_end": list(curve.values())[-1], "transfer": transfer.get((exp.label, exp.seed)),
+                       "white_20pgd": scores["pgd20x20"]["final"], **counts})
+    return pd.DataFrame(records), pd.DataFrame(extras)
+
+
+def _best_transfer(run) -> dict:
+    """{(target, seed): the lowest accuracy any surrogate's 20PGD images leave it} (Table III's cells)."""
+    if not all(run.finished(e) for e in TABLE3.surrogates(run)):
+        return {}
+    cells, _ = compute(run, TABLE3)
+    cells = cells.dropna(subset=["accuracy"])
+    return {(r, s): float(g["accuracy"].min()) for (r, s), g in cells.groupby(["row", "seed"])}
+
+
+def discordant(scores: dict) -> dict:
+    """{column: (images it breaks that CE-PGD-20 leaves right, images CE-PGD-20 breaks that it leaves
+    right)} for each of STRONGER, on the images both scored (Square: its first ones). `scores` holds a
+    "correct" bool per image for "pgd20" and each of STRONGER (final iterate)."""
+    ce, out = scores["pgd20"]["correct"], {}
+    for column in STRONGER:
+        other = scores[column]["correct"]
+        out[column] = (int((ce[:len(other)] & ~other).sum()), int((~ce[:len(other)] & other).sum()))
+    return out
+
+
+def attack_flags(counts: dict, n_images: dict) -> list[str]:
+    """The reasons to flag a model: each attack of `counts` ({column: (breaks, spares)}, seeds pooled)
+    that leaves at least MIN_GAP points fewer images right than CE-PGD-20 on the same `n_images[column]`
+    images (summed over seeds), beyond chance (McNemar's exact test, one-sided p < SIGNIFICANCE)."""
+    reasons = []
+    for column, (breaks, spares) in counts.items():
+        gap = 100.0 * (breaks - spares) / max(n_images[column], 1)
+        p = binomtest(breaks, breaks + spares, 0.5, alternative="greater").pvalue if breaks else 1.0
+        if gap >= MIN_GAP and p < SIGNIFICANCE:
+            reasons.append(f"{TITLES[column]} {gap:.1f} points below CE-PGD-20 (breaks {breaks} images it "
+                           f"leaves right, spares {spares}; p = {p:.2g})")
+    return reasons
+
+
+def flags(summary: pd.DataFrame, extras: pd.DataFrame) -> dict:
+    """{model: [reason]}: where an attack built for the head, or a gradient-free one (Square, transfer),
+    beats CE-PGD-20 by MIN_GAP points or more, beyond chance. The report's attacks and CE-PGD-20 score
+    the same images, so the test is paired: McNemar's exact test on the images one breaks and the other
+    leaves right (one-sided p < 0.025, the paired 95% interval above zero; Square on its own images;
+    seeds pooled). Transfer has no per-image record: flagged when its Wilson interval lies wholly below
+    white-box 20PGD's."""
+    s = summary.set_index(["row", "column"])
+    out = {}
+    for model in pd.unique(summary["row"]):
+        rows = extras[extras["model"] == model]
+        counts = {c: (int(rows[f"{c}_breaks"].sum()), int(rows[f"{c}_spares"].sum())) for c in STRONGER}
+        reasons = attack_flags(counts, {c: int(s.loc[(model, c), "n_images"]) * len(rows) for c in STRONGER})
+        transfer, white = rows["transfer"].astype(float).mean(), rows["white_20pgd"].mean()
+        n = int(s.loc[(model, "pgd20"), "n_images"])
+        if pd.notna(transfer) and wilson_interval(transfer, n)[1] < wilson_interval(white, n)[0]:
+            reasons.append(f"transfer 20PGD {transfer:.1f}% < white-box 20PGD {white:.1f}%")
+        out[model] = reasons
+    return out
+
+
+def masking_report(run) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The masking report of every trained Table I model: writes masking_report.csv (a row per model: each
+    accuracy, the extras, the flag and its reasons), masking_report_intervals.csv (each cell's mean and
+    95% interval), masking_report.md and fig_masking_report.png; returns (the wide table, its cells)."""
+    cells, extras = report_cells(run)
+    if cells.empty:
+        raise RuntimeError("no Table I model is trained: run notebook 02 (or `python -m reproduce grid --table "
+                           "table1`) first")
+    summary = summarise(cells)
+    reasons = flags(summary, extras)
+    wide = summary.pivot(index="row", columns="column", values="mean").reindex(
+        index=pd.unique(cells["row"]), columns=list(REPORT_COLUMNS) + ["pgd20_on_square"])
+    more = extras.drop(columns="seed").groupby("model", sort=False).mean()
+    wide = wide.join(more[["clean", "zero_gradient", "eps_end", "transfer", "white_20pgd"]])
+    wide["flagged"] = [bool(reasons[m]) for m in wide.index]
+    wide["reason"] = ["; ".join(reasons[m]) for m in wide.index]
+    wide.index.name = "model"
+    out = run.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    wide.to_csv(out / "masking_report.csv", float_format="%.2f")
+    summary.rename(columns={"row": "model"}).to_csv(out / "masking_report_intervals.csv", index=False,
+                                                     float_format="%.2f")
+    (out / "masking_report.md").write_text(markdown(wide, summary, run))
+    figures.masking_report(summary[summary["column"].isin(REPORT_COLUMNS)], TITLES, out / "fig_masking_report.png",
+                           profile=run.profile.name, flagged=[m for m in wide.index if reasons[m]])
+    return wide, cells
+
+
+def markdown(wide: pd.DataFrame, summary: pd.DataFrame, run) -> str:
+    """The report as Markdown: accuracy ± half its interval per attack, then the extras and the flag."""
+    s = summary.set_index(["row", "column"])
+    prof = run.profile
+    cols = ["clean"] + list(REPORT_COLUMNS)
+    lines = ["### Gradient-masking report: Table I's models under attacks built for their heads", "",
+             "| model | " + " | ".join(TITLES[c] for c in cols) + " | zero CE gradient | PGD-7 at 128/255 | "
+             "best transfer / white-box 20PGD | flag |", "|" + "---|" * (len(cols) + 5)]
+    for model, row in wide.iterrows():
+        values = []
+        for c in cols:
+            if c == "clean":
+                values.append(f"{row['clean']:.1f}")
+                continue
+            v = s.loc[(model, c)]
+            values.append(f"{v['mean']:.1f} ±{(v['ci_high'] - v['ci_low']) / 2:.1f}")
+        transfer = "-" if pd.isna(row["transfer"]) else f"{row['transfer']:.1f}"
+        flag = f"**{row['reason']}**" if row["flagged"] else "-"
+        lines.append(f"| {model} | " + " | ".join(values) + f" | {row['zero_gradient']:.1f}% | {row['eps_end']:.1f} | "
+                     f"{transfer} / {row['white_20pgd']:.1f} | {flag} |")
+    n, n_square = int(s["n_images"].max()), int(summary.loc[summary["column"] == "square", "n_images"].max())
+    lines += ["", f"- {n} test images per model (Square: the first {n_square}, {prof.square_queries} queries); "
+              f"L-inf eps 8/255. CE-PGD-20 is Table I's column (final iterate); CW-PGD-20 ascends the margin "
+              f"max_j z_j - z_y (20 steps of 2/255); APGD-DLR and APGD-T ({prof.apgd_targets} target classes) run "
+              f"{prof.apgd_steps} iterations, APGD-T and Square through AutoAttack's reference code (pyautoattack).",
+              "- worst case: an image counts only if it survives every attack of Table I and of this report "
+              "(each at its any-iterate score).",
+              "- ± is half the 95% interval (Wilson with one seed). A row is flagged when CW-PGD-20, APGD-DLR, APGD-T "
+              f"or Square leaves at least {MIN_GAP:g} points fewer images right than CE-PGD-20, beyond chance (the "
+              "same images, compared image by image: McNemar's exact test, one-sided p < 0.025; Square on its own "
+              "images), or when the best "
+              "transfer attack (Table III) lies wholly below white-box 20PGD's interval: the CE gradients "
+              "overstated that model's robustness.",
+              f"- zero CE gradient: the share of clean test images whose CE input gradient is zero (every entry below "
+              f"{ZERO_GRADIENT:g}), where CE attacks cannot move."]
+    if prof.name == "smoke":
+        lines.append("- SMOKE PROFILE: these numbers test the pipeline; they do not reproduce the paper.")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- the attacker's temperature
+
+def logit_scale_sweep(run) -> pd.DataFrame:
+    """CE-PGD-20 accuracy of the SM and AAML models of Table I when the attacker multiplies the logits by
+    each of LOGIT_SCALES before the loss (T = 1 is Table I's column). Writes logit_scale_sweep.csv (a line
+    per model and T, with the 95% interval), fig_logit_scale.png; returns the table with a `depends`
+    column: True for a model whose accuracy at some T lies wholly below its accuracy at another."""
+    x, y = run.test_images()
+    base = next(c for c in WHITE_BOX_COLUMNS if c.key == "pgd20").spec(run.profile)
+    specs = {t: base if t == 1.0 else _scaled(base, t) for t in LOGIT_SCALES}
+    rows = []
+    for exp in TABLE1.models(run):
+        if exp.loss not in SCALE_SWEEP_MODELS or not run.finished(exp):
+            continue
+        scores = column_scores(exp, run.model(exp), x, y, list(specs.values()), run.store, progress=run.progress)
+        rows += [dict(cell(exp.label, f"{t:g}", exp.seed, scores[s.column]["final"], len(y)), loss=exp.loss,
+                      defense=exp.defense) for t, s in specs.items()]
+    cells = pd.DataFrame(rows)
+    summary = summarise(cells, ["row", "loss", "defense", "column"]).rename(
+        columns={"row": "model", "column": "logit_scale", "mean": "accuracy", "n_images": "n"})
+    summary["logit_scale"] = summary["logit_scale"].astype(float)
+    depends = {m: g["ci_high"].min() < g["ci_low"].max() for m, g in summary.groupby("model")}
+    summary["depends"] = summary["model"].map(depends)
+    summary.drop(columns="sd").to_csv(run.out_dir / "logit_scale_sweep.csv", index=False, float_format="%.2f")
+    figures.curve_panels(summary, "logit_scale", "defense", "model", run.out_dir / "fig_logit_scale.png", log_x=True,
+                         x_label="attacker's logit scale T (CE of T x logits)", profile=run.profile.name,
+                         title=f"CE-PGD-20 accuracy against the attacker's logit scale ({run.dataset}; "
+                               "band: 95% interval)")
+    return summary
+
+
+def _scaled(spec, t: float):
+    return replace(spec, logit_scale=t, label=f"pgd20_T{t:g}")
+
+
+def worst_case_table1(report: pd.DataFrame, table1_cells: pd.DataFrame) -> pd.DataFrame:
+    """Table I's cells with every attack column replaced by the per-example worst case of its model and
+    seed (clean kept): the cells on which claims.table1 restates each claim under the strongest attack."""
+    w = report[report["column"] == WORST]
+    worst = {(r, s): a for r, s, a in zip(w["row"], w["seed"], w["accuracy"])}
+    out = table1_cells.copy()
+    attack = out["column"] != "clean"
+    out.loc[attack, "accuracy"] = [worst.get((r, s), float("nan")) for r, s in zip(out.loc[attack, "row"],
+                                                                                    out.loc[attack, "seed"])]
+    out.loc[attack, "any_iterate"] = out.loc[attack, "accuracy"]
+    return out
+
