@@ -238,7 +238,7 @@ def column_scores(experiment, model, images, labels, specs, store: RunStore | No
                                   n=len(ys), correct=bits(scores["correct"]),
                                   correct_any_iterate=bits(scores["correct_any_iterate"]))
                     write_checked_json(path, cached)
-                    if progress and spec is not None:
+                    if progress:
                         print(f"{experiment.label} {column}: {cached['accuracy']:.2f}% on {len(ys)} images "
                               f"({cached['seconds']:.0f} s)", flush=True)
             finally:
