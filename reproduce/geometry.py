@@ -13,7 +13,7 @@ from .attacks import AttackSpec, attack, attack_mode
 from .evaluation import cached_value
 from .loader import DeviceLoader
 from .losses import PAPER_LOSSES
-from .protocol import FGSM, TABLE1, WHITE_BOX_COLUMNS
+from .protocol import FGSM, PGD20_COLUMN, TABLE1
 
 
 def embeddings(model, images, labels, spec: AttackSpec | None = None, batch_size: int = 250):
@@ -110,8 +110,7 @@ def geometry_metrics(emb: np.ndarray, labels: np.ndarray) -> dict:
 
 def geometry_conditions(profile) -> dict:
     """The images the geometry is measured on: clean, FGSM and PGD-20 (Table I's attacks)."""
-    pgd20 = next(c for c in WHITE_BOX_COLUMNS if c.key == "pgd20")
-    return {"clean": None, "fgsm": FGSM.spec(profile), "pgd20": pgd20.spec(profile)}
+    return {"clean": None, "fgsm": FGSM.spec(profile), "pgd20": PGD20_COLUMN.spec(profile)}
 
 
 def model_geometry(model, images, labels, key: str, conditions: dict) -> dict:

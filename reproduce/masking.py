@@ -21,10 +21,10 @@ import torch
 from scipy.stats import binomtest
 
 from . import figures
-from .attacks import attack_mode
+from .attacks import attack_mode, input_gradient
 from .evaluation import cached_value, column_scores, evaluate_white_box
 from .loader import DeviceLoader
-from .protocol import LOGIT_SCALES, MASKING_COLUMNS, SCALE_SWEEP_MODELS, TABLE1, TABLE3, WHITE_BOX_COLUMNS
+from .protocol import LOGIT_SCALES, MASKING_COLUMNS, PGD20_COLUMN, SCALE_SWEEP_MODELS, TABLE1, TABLE3
 from .stats import wilson_interval
 from .tables import cell, compute, summarise
 
@@ -49,8 +49,7 @@ def zero_gradient_share(model, images, labels, batch_size: int = 250) -> float:
     zero = 0
     with attack_mode(model):
         for x, y in DeviceLoader(images, labels, batch_size, device=device):
-            x = x.detach().requires_grad_(True)
-            (grad,) = torch.autograd.grad(torch.nn.functional.cross_entropy(model(x).float(), y, reduction="sum"), x)
+            grad = input_gradient(model, x, y)
             zero += int((grad.flatten(1).abs().amax(1) < ZERO_GRADIENT).sum())
     return 100.0 * zero / max(len(labels), 1)
 
@@ -233,7 +232,7 @@ def logit_scale_sweep(run) -> pd.DataFrame:
     per model and T, with the 95% interval), fig_logit_scale.png; returns the table with a `depends`
     column: True for a model whose accuracy at some T lies wholly below its accuracy at another."""
     x, y = run.test_images()
-    base = next(c for c in WHITE_BOX_COLUMNS if c.key == "pgd20").spec(run.profile)
+    base = PGD20_COLUMN.spec(run.profile)
     specs = {t: base if t == 1.0 else _scaled(base, t) for t in LOGIT_SCALES}
     rows = []
     for exp in TABLE1.models(run):

@@ -39,6 +39,7 @@ CLEAN = Column("clean", "Clean", lambda p: None)
 FGSM = Column("fgsm", "FGSM", lambda p: AttackSpec("fgsm", eps=EPS, step=EPS, label="fgsm"))
 BIM7 = Column("bim7", "BIM (7)", lambda p: AttackSpec("bim", eps=EPS, step=STEP, steps=7, label="bim7"))
 PGD7_COLUMN = Column("pgd7", "PGD (7)", lambda p: PGD7)
+PGD20_COLUMN = Column("pgd20", "PGD (20)", _pgd(20, label="pgd20"))
 PGD20x20 = Column("pgd20x20", "20PGD (20)", _pgd(20, lambda p: p.restarts, "pgd20x20"))
 AUTOATTACK = Column("aa", "AA", lambda p: AttackSpec("autoattack", eps=EPS, version=p.autoattack,
                                                      steps=p.autoattack_steps, label="aa"), in_paper=False)
@@ -48,7 +49,7 @@ WHITE_BOX_COLUMNS = (
     FGSM,
     BIM7,
     PGD7_COLUMN,
-    Column("pgd20", "PGD (20)", _pgd(20, label="pgd20")),
+    PGD20_COLUMN,
     PGD20x20,
     Column("mim40", "MIM (40)", lambda p: AttackSpec("mim", eps=EPS, step=STEP, steps=p.mim_steps, label="mim40")),
     AUTOATTACK,

@@ -10,7 +10,7 @@ from reproduce.attacks import EPS, STEP, AttackSpec, attack
 from reproduce.evaluation import robust_scores
 from reproduce.geometry import geometry_metrics
 from reproduce.masking import STRONGER, attack_flags, discordant, worst_case, zero_gradient_share
-from reproduce.protocol import MASKING_COLUMNS, WHITE_BOX_COLUMNS
+from reproduce.protocol import MASKING_COLUMNS, PGD20_COLUMN
 
 pytestmark = pytest.mark.slow
 
@@ -81,7 +81,7 @@ def _report_scores(model, x, y):
     from reproduce.config import get_profile
 
     profile = get_profile("smoke")
-    specs = {"pgd20": next(c for c in WHITE_BOX_COLUMNS if c.key == "pgd20").spec(profile)}
+    specs = {"pgd20": PGD20_COLUMN.spec(profile)}
     specs.update({c.key: c.spec(profile) for c in MASKING_COLUMNS})
     out = {}
     for column, spec in specs.items():
