@@ -17,6 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .devices import eager
+
 EPS = 8 / 255
 STEP = 2 / 255
 
@@ -287,7 +289,8 @@ def autoattack(model, x, y, spec: AttackSpec, start=None, stop_when_broken: bool
         # built afresh, not edited: APGD derives its step-size checkpoints from n_iter when constructed
         atk.apgd = APGDAttack(model, n_restarts=1, n_iter=spec.steps, verbose=False, eps=spec.eps, norm="Linf",
                               eot_iter=1, rho=0.75, seed=0, device=device, logger=atk.logger)
-    x_adv, _ = atk.run_standard_evaluation(x, y, batch_size=len(x))
+    with eager(model):  # its checks trace Python calls (devices.eager)
+        x_adv, _ = atk.run_standard_evaluation(x, y, batch_size=len(x))
     return x_adv
 
 

@@ -16,7 +16,7 @@ import torch
 from .attacks import AttackSpec, attack, attack_all_restarts
 from .config import make_experiment
 from .defenses import crafting_spec, defense_loss
-from .devices import autocast, native_bf16, resolve_device
+from .devices import autocast, compile_model, device_name, how_it_ran, native_bf16, peak_memory_gib, resolve_device
 from .evaluation import accuracy
 from .loader import DeviceLoader
 from .models import build_model
@@ -97,15 +97,16 @@ def _drain(loader, device, consume=None):
     return run
 
 
-def run_benchmarks(device=None, smoke: bool = False, json_path: str | Path | None = None) -> dict:
+def run_benchmarks(device=None, smoke: bool = False, json_path: str | Path | None = None,
+                   compiled: bool = False) -> dict:
+    """Every lever against its baseline; `compiled` adds torch.compile against eager (section 6)."""
     device = resolve_device(device)
     n = 512 if smoke else (45_000 if device.type == "cuda" else 2_000)
     batch = 128 if device.type == "cpu" else 512
     repeats = 1 if smoke else 3
     images, labels = random_cifar(n)
-    name = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    results = {"device": name, "images": n, "batch_size": batch, "smoke": smoke, "torch": torch.__version__,
-               "bf16_training": native_bf16(device)}
+    results = {"device": device_name(device), "images": n, "batch_size": batch, "smoke": smoke,
+               "torch": torch.__version__, "bf16_training": native_bf16(device)}
 
     # 1. the loader alone
     ours = DeviceLoader(images, labels, batch, shuffle=True, augment=True, device=device, drop_last=True)
@@ -200,17 +201,7 @@ def run_benchmarks(device=None, smoke: bool = False, json_path: str | Path | Non
     at_spec = crafting_spec(make_experiment("SM", "AT", "smoke", "cifar10"))
 
     def epoch(defense):
-        def run():
-            big.train()
-            for xb, yb in ours:
-                if device.type == "cuda":
-                    xb = xb.contiguous(memory_format=torch.channels_last)
-                with autocast(device):
-                    loss, _ = defense_loss(big, xb, yb, defense, at_spec)
-                big_opt.zero_grad(set_to_none=True)
-                loss.backward()
-                big_opt.step()
-        return run
+        return training_epoch(big, big_opt, ours, device, defense, at_spec)
 
     results["model_width"] = width
     results["um_epoch_img_s"] = median_rate(epoch("UM"), len(ours) * batch, device, repeats)
@@ -223,11 +214,60 @@ def run_benchmarks(device=None, smoke: bool = False, json_path: str | Path | Non
         results["um_epoch_seconds_45k"] = 45_000 / results["um_epoch_img_s"]
         results["at_epoch_seconds_45k"] = 45_000 / results["at_epoch_img_s"]
         results.update(_bf16_attack_check(device, xs, ys))
+    if compiled:
+        results.update(_compiled_vs_eager(device, width, ours, batch, xe, ye, spec, repeats))
+    results["peak_memory_gib"] = peak_memory_gib(device)
 
     if json_path:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(results, indent=2) + "\n")
     return results
+
+
+def training_epoch(model, opt, loader, device, defense: str = "UM", spec=None):
+    """One training epoch over the loader as `train` runs its steps (channels-last batches on CUDA, bf16
+    autocast where native), as a function to time."""
+    def run():
+        model.train()
+        for xb, yb in loader:
+            if device.type == "cuda":
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            with autocast(device):
+                loss, _ = defense_loss(model, xb, yb, defense, spec)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return run
+
+
+def _compiled_vs_eager(device, width, loader, batch, x, y, spec, repeats) -> dict:
+    """6. torch.compile against eager, same network and inputs: a UM training epoch as `train` runs it
+    and PGD-20 (all steps), each side timed in turn; the compile time is the first call's wall time less
+    a warm call's. Which ran is recorded: a compilation that fails falls back to eager."""
+    exp = make_experiment("SM", "UM", "smoke", "cifar10", width=width)
+    models = {"eager": build_model(exp, 3, 10).to(device), "compiled": build_model(exp, 3, 10).to(device)}
+    compile_model(models["compiled"], True, "bench")
+    optimizers = {k: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for k, m in models.items()}
+
+    def epoch(name):
+        return training_epoch(models[name], optimizers[name], loader, device)
+
+    def pgd(name):
+        return lambda: attack(models[name].eval(), x, y, spec)
+
+    out, n_train = {}, len(loader) * batch
+    for what, make, n in (("train", epoch, n_train), ("pgd20", pgd, len(x))):
+        timer, first, warm = Timer(device), [], []
+        with timer(first):
+            make("compiled")()  # compiles every graph the loop needs
+        with timer(warm):
+            make("compiled")()
+        rates = interleaved_rates({k: (make(k), n) for k in models}, device, repeats, warmup=0)
+        out[f"{what}_eager_img_s"], out[f"{what}_compiled_img_s"] = rates["eager"], rates["compiled"]
+        out[f"{what}_compile_speedup"] = rates["compiled"] / rates["eager"]
+        out[f"{what}_compile_seconds"] = max(first[0] - warm[0], 0.0)
+    out["compiled"] = how_it_ran(models["compiled"])
+    return out
 
 
 def _learnable_batch(device, n):
@@ -274,10 +314,66 @@ def format_results(results: dict) -> str:
              f"bf16 training: {results['bf16_training']})", "",
              "| key | value | target (2-core CPU) |", "|---|---|---|"]
     for k, v in results.items():
-        if k in ("device", "images", "batch_size", "smoke", "torch", "bf16_training"):
+        if k in ("device", "images", "batch_size", "smoke", "torch", "bf16_training") or v is None:
             continue
         shown = f"{v:.2f}" if isinstance(v, float) else str(v)
         target = TARGETS_CPU.get(k)
         verdict = "" if target is None else f">= {target} {'met' if v >= target else 'NOT met'}"
         lines.append(f"| {k} | {shown} | {verdict} |")
     return "\n".join(lines)
+
+
+def _trained_runs(store_root: Path) -> list[dict]:
+    """result.json of every finished run under a store folder."""
+    return [json.loads(p.read_text()) for p in sorted(Path(store_root).glob("*/result.json"))]
+
+
+def _runs_summary(results: list[dict], seconds: float | None) -> dict:
+    """What a step's trained runs say: how many, images per second (each run's mean and, over the step's
+    wall time, all of them together), peak GPU memory and where they ran."""
+    if not results:
+        return {}
+    images = sum(r["images_per_s"] * r["train_seconds"] for r in results)
+    peaks = [r["peak_memory_gib"] for r in results if r.get("peak_memory_gib") is not None]
+    return {"models": len(results), "images_per_s_per_model": statistics.mean(r["images_per_s"] for r in results),
+            "images_per_s_together": images / seconds if seconds else None,
+            "peak_memory_gib": max(peaks) if peaks else None,
+            "device": sorted({r.get("device_name", r["device"]) for r in results}),
+            "compiled": sorted({r.get("compiled", "eager") for r in results})}
+
+
+def summarise_check(out: str | Path) -> dict:
+    """summary.json and summary.md of a scripts/gpu_check.sh folder: per step its wall time and status,
+    and where it trained or measured, images per second, peak GPU memory and the device."""
+    out = Path(out)
+    steps = {}
+    for line in (out / "steps.tsv").read_text().splitlines():
+        name, seconds, status = line.split("\t")
+        steps[name] = {"seconds": float(seconds), "status": status}
+    if (out / "bench.json").exists() and "bench" in steps:
+        bench = json.loads((out / "bench.json").read_text())
+        steps["bench"].update({k: bench.get(k) for k in ("device", "um_epoch_img_s", "at_epoch_img_s",
+                                                         "pgd20_eval_img_s", "train_compile_speedup",
+                                                         "pgd20_compile_speedup", "compiled", "peak_memory_gib")})
+    if (out / "fill.json").exists() and "fill" in steps:
+        fill = json.loads((out / "fill.json").read_text())
+        steps["fill"]["one_process"] = _runs_summary(_trained_runs(out / "fill-one"), fill["one_process_s"])
+        steps["fill"]["workers"] = _runs_summary(_trained_runs(out / "fill-many"), fill["workers_s"])
+    if "table1" in steps:
+        steps["table1"].update(_runs_summary(_trained_runs(out / "runs"), None))
+    (out / "summary.json").write_text(json.dumps(steps, indent=2) + "\n")
+    lines = ["| step | seconds | status | images/s | peak GPU memory (GiB) | device |", "|---|---|---|---|---|---|"]
+    for name, s in steps.items():
+        parts = [(name, s, s["seconds"])]
+        if name == "fill" and (out / "fill.json").exists():
+            parts = [("fill, one process", s["one_process"], fill["one_process_s"]),
+                     ("fill, workers", s["workers"], fill["workers_s"])]
+        for label, p, seconds in parts:
+            rate = p.get("um_epoch_img_s") or p.get("images_per_s_together") or p.get("images_per_s_per_model")
+            peak = p.get("peak_memory_gib")
+            device = p.get("device", "")
+            lines.append(f"| {label} | {seconds:.0f} | {s['status']} | {f'{rate:,.0f}' if rate else ''} | "
+                         f"{f'{peak:.1f}' if peak is not None else ''} | "
+                         f"{', '.join(device) if isinstance(device, list) else device} |")
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    return steps

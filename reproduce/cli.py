@@ -104,7 +104,8 @@ def cmd_train(args) -> int:
                  if v is not None}
     exp = run.experiment(args.loss, args.defense, args.seed, loss_params=_key_values(args.param), **overrides)
     print(f"experiment {exp.label} ({exp.profile}, {exp.dataset}) -> {run.store.run_dir(exp)}")
-    trained = train(exp, run.store, data=run.data_root, device=run.device, progress=run.progress)
+    trained = train(exp, run.store, data=run.data_root, device=run.device, progress=run.progress,
+                    compile=run.profile.compile)
     kept = f"kept {trained.result['kept_why']}" if trained.result.get("kept_why") else "no model kept"
     print(f"{trained.result['status']}: {kept}; run at {trained.run_dir}")
     if trained.model is not None and run.progress:
@@ -176,7 +177,7 @@ def cmd_run(args) -> int:
 def cmd_bench(args) -> int:
     from .bench import format_results, run_benchmarks
 
-    results = run_benchmarks(args.device, smoke=args.smoke, json_path=args.json)
+    results = run_benchmarks(args.device, smoke=args.smoke, json_path=args.json, compiled=args.compile)
     print(format_results(results))
     if args.json:
         print(f"written {args.json}")
@@ -191,7 +192,7 @@ def cmd_plan(args) -> int:
     if not (math.isfinite(args.hours) and args.hours > 0):
         raise ValueError(f"--hours must be a finite number above 0; got {args.hours}")
     from .context import Run
-    from .plan import plan
+    from .plan import plan, speedups
 
     rates = None
     if args.bench:
@@ -199,8 +200,13 @@ def cmd_plan(args) -> int:
             raise ValueError(f"--bench {args.bench} is not a file: give the JSON that `python -m reproduce "
                              "bench --json FILE` wrote")
         rates = json.loads(Path(args.bench).read_text())
+    fill = None
+    if args.fill:
+        if not Path(args.fill).is_file():
+            raise ValueError(f"--fill {args.fill} is not a file: give the fill.json of scripts/gpu_check.sh")
+        fill = json.loads(Path(args.fill).read_text())
     run = Run(args.profile, args.dataset)
-    rows, total = plan(run, rates)
+    rows, total = plan(run, rates, fill)
     for r in rows:
         cost = f"{r['seconds'] / 60:8.1f} min" if total is not None else f"{r['passes'] / 1e6:8.2f} M"
         print(f"{cost}  {r['group']:13s} {r['what']}")
@@ -213,12 +219,15 @@ def cmd_plan(args) -> int:
     print(f"{passes / 1e6:8.2f} M    image passes (forward + backward of one image) for profile {run.profile.name} on "
           f"{args.dataset}; to finish in {args.hours:g} h a device must sustain "
           f"{passes / (args.hours * 3600):,.0f} image passes per second")
+    print("speed levers:\n" + "\n".join(f"  - {note}" for note in speedups(run, rates, fill)[1]))
     if total is None:
         print("For the device time, measure on the target device and pass the result: "
               "`python -m reproduce bench --json bench.json`, then `plan --bench bench.json`.")
     else:
-        print(f"{total / 3600:8.2f} h    estimated device time at {rates['um_epoch_img_s']:,.0f} image passes per "
-              f"second ({rates.get('device', 'device')}, from {args.bench})")
+        fits = "fits" if total <= args.hours * 3600 else "does not fit"
+        print(f"{total / 3600:8.2f} h    estimated device time at {rates['um_epoch_img_s']:,.0f} eager image passes "
+              f"per second ({rates.get('device', 'device')}, from {args.bench}) with the levers above: {fits} in "
+              f"{args.hours:g} h")
     return 0
 
 
@@ -338,13 +347,17 @@ def main(argv=None) -> int:
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     p.add_argument("--json", default=None, help="also write the results as JSON here")
     p.add_argument("--smoke", action="store_true", help="smallest sizes: checks that it runs, not timings")
+    p.add_argument("--compile", action="store_true",
+                   help="also torch.compile against eager: a training epoch and PGD-20, with the compile time")
     p.set_defaults(func=cmd_bench, profile=None)
 
     p = sub.add_parser("plan", help="estimated device time of a profile")
     p.add_argument("--profile", default=None, help="smoke | colab | quick | paper (default: as for run)")
     p.add_argument("--dataset", default="cifar10", choices=DATASETS, help="the dataset (default: cifar10)")
     p.add_argument("--bench", default=None, help="JSON written by `bench --json` on the target device")
-    p.add_argument("--hours", type=float, default=3.0, help="the budget to compare with (default 3)")
+    p.add_argument("--fill", default=None, help="fill.json of scripts/gpu_check.sh: the grid trained by several "
+                                                "workers on one GPU")
+    p.add_argument("--hours", type=float, default=2.0, help="the budget to compare with (default 2)")
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("set-repository", help="the repository's URL, for the Colab cells, badges and install line")

@@ -89,7 +89,7 @@ class Run:
         """The model a finished run kept, on this run's device."""
         from .training import load_trained
 
-        return load_trained(experiment, self.store, self.device)
+        return load_trained(experiment, self.store, self.device, compile=self.profile.compile)
 
     def quiet(self) -> "Run":
         """The same run without progress bars or training logs (for figures whose models take seconds)."""

@@ -39,7 +39,8 @@ def train_all(run, experiments) -> dict:
             if exp.dataset not in datasets:
                 datasets[exp.dataset] = run.data if exp.dataset == run.dataset else run.on(exp.dataset).data
             data = datasets[exp.dataset]
-        runs[exp] = train(exp, run.store, data=data, device=run.device, progress=run.progress)
+        runs[exp] = train(exp, run.store, data=data, device=run.device, progress=run.progress,
+                          compile=run.profile.compile)
     return runs
 
 
@@ -53,7 +54,8 @@ def _worker(run, experiments, offset: int, threads: int | None = None) -> list[s
     for exp in experiments[offset:] + experiments[:offset]:
         if run.store.is_done(exp):
             continue
-        if train(exp, run.store, data=run.data_root, device=run.device, progress=False, wait_for_claim=False):
+        if train(exp, run.store, data=run.data_root, device=run.device, progress=False, wait_for_claim=False,
+                 compile=run.profile.compile):
             trained.append(exp.key)
     return trained
 

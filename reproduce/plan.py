@@ -3,7 +3,9 @@
 Cost model: one image pass is the forward and backward pass of one image, what one clean training step
 or one attack step costs per image; AT costs (1 + crafting steps) passes per training image, ALP
 (2 + steps); an attack costs protocol.passes(spec) per test image. Measured rates (`bench --json` on the
-target device) turn passes into device seconds.
+target device) turn passes into device seconds, and the speed levers measured there divide them: with a
+profile that compiles, the bench's compiled-vs-eager ratios (training, attacks); with the grid trained by
+several workers on one GPU, `fill.json` of scripts/gpu_check.sh (one process against the workers).
 """
 from __future__ import annotations
 
@@ -60,13 +62,46 @@ def _masking_rows(run, n_test: int) -> list[dict]:
              "passes": len(swept) * n_test * 20 * (len(protocol.LOGIT_SCALES) - 1)}]
 
 
-def plan(run, rates: dict | None = None) -> tuple[list[dict], float | None]:
+def speedups(run, rates: dict | None, fill: dict | None = None) -> tuple[dict, list[str]]:
+    """How much faster than the bench's eager rate training and attacks run with the levers in use, and
+    each lever in words: torch.compile (the profile's `compile`; the bench's `train_compile_speedup` and
+    `pgd20_compile_speedup`, run with `bench --compile`), and several training workers on one GPU
+    (`fill`: one_process_s / workers_s)."""
+    train, attack, notes = 1.0, 1.0, []
+    if run.profile.compile:
+        measured = rates is not None and "train_compile_speedup" in rates
+        if measured and str(rates.get("compiled", "compiled")).startswith("compiled"):
+            train, attack = rates["train_compile_speedup"], rates["pgd20_compile_speedup"]
+            compiling = rates.get("train_compile_seconds", 0) + rates.get("pgd20_compile_seconds", 0)
+            notes.append(f"torch.compile: training x{train:.2f}, attacks x{attack:.2f} (measured by the bench; "
+                         f"compile time {compiling:.0f} s per process)")
+        else:
+            notes.append("torch.compile: on in the profile, not priced (measure it: `bench --compile --json`)")
+    else:
+        notes.append("torch.compile: off in this profile")
+    if fill:
+        parallel = fill["one_process_s"] / max(fill["workers_s"], 1e-9)
+        train *= parallel
+        notes.append(f"{fill['models']} models at once ({fill.get('workers', 'local workers')}): training "
+                     f"x{parallel:.2f} (fill.json; train with `--executor local` or the notebooks' executor)")
+    else:
+        notes.append("several models per GPU: not priced (scripts/gpu_check.sh measures it in fill.json)")
+    prof = run.profile
+    if prof.sweep_epochs and prof.sweep_epochs != prof.epochs:
+        notes.append(f"Table IV's budget: its 20 models at {prof.sweep_epochs} epochs instead of {prof.epochs}")
+    notes.append(f"batch size: {prof.batch_size} (the bench measures {rates.get('batch_size', '?')})"
+                 if rates else f"batch size: {prof.batch_size}")
+    return {"train": train, "attack": attack}, notes
+
+
+def plan(run, rates: dict | None = None, fill: dict | None = None) -> tuple[list[dict], float | None]:
     """Every experiment and evaluation the run's profile computes, with its cost in image passes and,
     given measured rates, in device seconds: the tables of protocol.TABLES from their definitions, the
     robustness curves against PGD steps and the appendix grids. `rates` is the JSON of `bench` on the
     target device; its `um_epoch_img_s` (image passes per second) must be measured at the profile's
-    width, else the estimate would be off by the ratio of the two networks' costs. Returns the rows
-    and the total seconds (None without rates)."""
+    width, else the estimate would be off by the ratio of the two networks' costs; `fill` is the
+    fill.json of scripts/gpu_check.sh (training by several workers on one GPU; see `speedups`). Returns
+    the rows and the total seconds (None without rates)."""
     prof = run.profile
     rate = None
     if rates is not None:
@@ -86,8 +121,9 @@ def plan(run, rates: dict | None = None) -> tuple[list[dict], float | None]:
         for e in table.experiments(run):
             if e.key not in seen:
                 seen.add(e.key)
-                rows.append({"what": f"train {e.label} {e.changed_params or ''}".strip(), "group": table.name,
-                             "notebook": table.trained_in, "passes": _training_passes(run, e)})
+                epochs = f" {e.epochs} epochs" if e.epochs != prof.epochs else ""
+                rows.append({"what": f"train {e.label} {e.changed_params or ''}".strip() + epochs, "group": table.name,
+                             "notebook": table.trained_in, "passes": _training_passes(run, e), "kind": "train"})
     for table in TABLES.values():
         rows += _evaluation_rows(run, table, n_test)
     rows += _masking_rows(run, n_test)
@@ -96,8 +132,12 @@ def plan(run, rates: dict | None = None) -> tuple[list[dict], float | None]:
     appendix = 9 + 10 * len(SCALE_SWEEP_LOSSES) + 5  # (k1, k2) grid, scale sweep, recipe search: UM ResNets
     n_train = min(TRAIN_IMAGES[run.dataset], prof.train_limit or TRAIN_IMAGES[run.dataset])
     per_cell = sum(passes(c.spec(prof)) for c in APPENDIX_COLUMNS)
-    rows.append({"what": f"appendix B/C: {appendix} UM models + evaluation", "group": "appendix", "notebook": "06",
-                 "passes": appendix * (n_train * prof.epochs + n_test * per_cell)})
+    rows.append({"what": f"appendix B/C: {appendix} UM models, training", "group": "appendix", "notebook": "06",
+                 "passes": appendix * n_train * prof.epochs, "kind": "train"})
+    rows.append({"what": f"appendix B/C: {appendix} UM models, evaluation", "group": "appendix", "notebook": "06",
+                 "passes": appendix * n_test * per_cell})
+    faster, _ = speedups(run, rates, fill)
     for r in rows:
-        r["seconds"] = r["passes"] / rate if rate else None
+        r.setdefault("kind", "attack")
+        r["seconds"] = r["passes"] / rate / faster[r["kind"]] if rate else None
     return rows, (sum(r["seconds"] for r in rows) if rate else None)

@@ -101,9 +101,11 @@ def surrogate_experiments(run) -> list:
 
 
 def table4_experiments(run) -> list:
-    """AAML-AT for every (m, s) of Table IV, margins as rows and scales as columns, once per seed."""
-    return [run.experiment("AAML", "AT", seed, loss_params={"m": m, "s": s}) for seed in range(run.profile.seeds)
-            for m in TABLE4_MARGINS for s in TABLE4_SCALES]
+    """AAML-AT for every (m, s) of Table IV, margins as rows and scales as columns, once per seed, at the
+    profile's `sweep_epochs` (when set, every cell at it: (0.2, 2) is then not Table I's AAML-AT)."""
+    epochs = {"epochs": run.profile.sweep_epochs} if run.profile.sweep_epochs else {}
+    return [run.experiment("AAML", "AT", seed, loss_params={"m": m, "s": s}, **epochs)
+            for seed in range(run.profile.seeds) for m in TABLE4_MARGINS for s in TABLE4_SCALES]
 
 
 @dataclass(frozen=True)

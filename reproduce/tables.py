@@ -255,6 +255,10 @@ def notes(run, table: Table, flags, scoring: str = "final") -> list[str]:
         out.append(SCORING_NOTES[scoring])
     if any(c is AUTOATTACK for c in table.attacks):
         out.append(autoattack_note(run.profile))
+    prof = run.profile
+    if table.name == "table4" and prof.sweep_epochs and prof.sweep_epochs != prof.epochs:
+        out.append(f"Every cell is a model trained for {prof.sweep_epochs} epochs (Table I's: {prof.epochs}; the "
+                   f"profile's sweep_epochs), so (0.2, 2) is not Table I's AAML-AT.")
     if table.checks and run.profile.name == "smoke":
         out.append("SMOKE PROFILE: thin network, a slice of the data, few epochs. These numbers test the pipeline; "
                    "they do not reproduce the paper.")

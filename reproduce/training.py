@@ -19,7 +19,7 @@ from filelock import FileLock, Timeout
 from .attacks import PGD7, AttackSpec
 from .data import DataSplit, load_dataset
 from .defenses import crafting_spec, defense_loss
-from .devices import autocast, resolve_device
+from .devices import autocast, compile_model, device_name, how_it_ran, peak_memory_gib, resolve_device
 from .export import write_weights
 from .loader import DeviceLoader
 from .models import Classifier, build_model
@@ -102,8 +102,9 @@ class TrainedRun:
 
 
 def load_trained(experiment, store: RunStore | None = None, device=None, num_classes: int = 10,
-                 in_channels: int | None = None) -> Classifier:
-    """The model a finished run kept (best.pt: the epoch its `keep` rule chose)."""
+                 in_channels: int | None = None, compile: bool = False) -> Classifier:
+    """The model a finished run kept (best.pt: the epoch its `keep` rule chose); `compile`: its network
+    through torch.compile (devices.compile_model), for the attacks."""
     store = store or RunStore()
     device = resolve_device(device)
     run_dir = store.run_dir(experiment)
@@ -114,17 +115,19 @@ def load_trained(experiment, store: RunStore | None = None, device=None, num_cla
                         result.get("num_classes", num_classes))
     state = load_checkpoint(run_dir / "best.pt", key=experiment.key)
     model.load_state_dict(state["model"])
-    return model.to(device).eval()
+    model = model.to(device).eval()
+    compile_model(model, compile, experiment.label)
+    return model
 
 
-def _from_store(experiment, store, device) -> TrainedRun:
+def _from_store(experiment, store, device, compile: bool) -> TrainedRun:
     result = store.result(experiment)
-    model = load_trained(experiment, store, device) if result["status"] == "finished" else None
+    model = load_trained(experiment, store, device, compile=compile) if result["status"] == "finished" else None
     return TrainedRun(experiment, model, result, store.run_dir(experiment))
 
 
 def train(experiment, store: RunStore | None = None, *, data: DataSplit | str | Path | None = None, device=None,
-          progress: bool = True, wait_for_claim: bool = True) -> TrainedRun | None:
+          progress: bool = True, wait_for_claim: bool = True, compile: bool = False) -> TrainedRun | None:
     """Train an experiment, or return it from the store when it has finished already (or diverged).
     An interrupted run resumes from its last checkpoint. `data` is the loaded dataset, or the folder to
     load it from (None: data/).
@@ -132,11 +135,15 @@ def train(experiment, store: RunStore | None = None, *, data: DataSplit | str | 
     Training claims the run through a lock file (claim.lock in its directory): another process that
     asks for the same experiment waits for it and then reads the result (or, with
     `wait_for_claim=False`, returns None at once). The operating system drops the lock of a process
-    that dies, so a dead worker's claim is taken over."""
+    that dies, so a dead worker's claim is taken over.
+
+    `compile`: the network through torch.compile (devices.compile_model), falling back to eager if that
+    fails; not part of the experiment (the numbers are the same up to float rounding). result.json says
+    which ran."""
     store = store or RunStore()
     device = resolve_device(device)
     if store.is_done(experiment):
-        return _from_store(experiment, store, device)
+        return _from_store(experiment, store, device, compile)
     run_dir = store.run_dir(experiment)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -151,10 +158,10 @@ def train(experiment, store: RunStore | None = None, *, data: DataSplit | str | 
         return None
     try:
         if store.is_done(experiment):  # finished by the process we waited for
-            return _from_store(experiment, store, device)
+            return _from_store(experiment, store, device, compile)
         if not isinstance(data, DataSplit):
             data = data_for(experiment, data)
-        return _train_claimed(experiment, store, data, device, progress)
+        return _train_claimed(experiment, store, data, device, progress, compile)
     finally:
         claim.release()
 
@@ -177,8 +184,11 @@ class _Training:
     spec: AttackSpec
 
 
-def _setup(experiment, data, device) -> _Training:
+def _setup(experiment, data, device, compile: bool) -> _Training:
     model = build_model(experiment, data.channels, data.num_classes).to(device)
+    compile_model(model, compile, experiment.label)
+    if device.type == "cuda":  # result.json's peak memory is this run's
+        torch.cuda.reset_peak_memory_stats(device)
     optimizer = make_optimizer(model, experiment)
     loader = DeviceLoader(data.x_train, data.y_train, min(experiment.batch_size, len(data.y_train)),
                           shuffle=True, augment=experiment.augment, seed=experiment.seed, device=device,
@@ -241,7 +251,7 @@ def _train_epoch(experiment, t: _Training, epoch: int, device, progress: bool) -
             "seen": seen, "seconds": time.perf_counter() - t0}
 
 
-def _train_claimed(experiment, store, data, device, progress) -> TrainedRun:
+def _train_claimed(experiment, store, data, device, progress, compile: bool = False) -> TrainedRun:
     run_dir = store.run_dir(experiment)
     if data.name != experiment.dataset:
         raise ValueError(f"data is {data.name} but the experiment asks for {experiment.dataset}")
@@ -254,11 +264,12 @@ def _train_claimed(experiment, store, data, device, progress) -> TrainedRun:
                          f"another run); delete the run directory {run_dir} to retrain it")
     write_checked_json(config, {"experiment": asdict(experiment), "key": experiment.key,
                                 "threads": torch.get_num_threads(), "device": str(device)})
-    t = _setup(experiment, data, device)
+    t = _setup(experiment, data, device, compile)
     start_epoch, best_score, kept = _resume(experiment, t, run_dir)
 
     status = "finished"
     for epoch in range(start_epoch, experiment.epochs):
+        t_epoch = time.perf_counter()
         trained = _train_epoch(experiment, t, epoch, device, progress)
         if not math.isfinite(trained["train_loss"]):
             status = "diverged"
@@ -271,7 +282,7 @@ def _train_claimed(experiment, store, data, device, progress) -> TrainedRun:
         record = {"epoch": epoch + 1, "lr": t.optimizer.param_groups[0]["lr"], "train_loss": trained["train_loss"],
                   "train_acc": trained["train_acc"], **validation,
                   "images_per_s": trained["seen"] / trained["seconds"], "seconds": trained["seconds"],
-                  "key": experiment.key}
+                  "wall_seconds": time.perf_counter() - t_epoch, "key": experiment.key}  # with validation
         append_jsonl(run_dir / "metrics.jsonl", record)
         if progress:
             pgd7 = f" val PGD-7 {validation['val_pgd7_acc']:.1f}%" if "val_pgd7_acc" in validation else ""
@@ -298,6 +309,7 @@ def _finish(experiment, store, model, status: str, kept: dict | None, data, prog
     run_dir = store.run_dir(experiment)
     metrics = store.metrics(experiment)
     finished = status == "finished"
+    device = next(model.parameters()).device
     result = {"status": status, "label": experiment.label, "key": experiment.key,
               "best_val_acc": max(m["val_acc"] for m in metrics) if finished else None,
               "kept_epoch": kept["epoch"] if finished else None, "kept_val_acc": kept["val_acc"] if finished else None,
@@ -305,7 +317,9 @@ def _finish(experiment, store, model, status: str, kept: dict | None, data, prog
               "epochs_run": len(metrics), "num_classes": data.num_classes, "in_channels": data.channels,
               "train_seconds": sum(m.get("seconds", 0) for m in metrics),
               # what a user compares between machines: where it ran, at how many CPU threads, how fast
-              "device": str(next(model.parameters()).device), "threads": torch.get_num_threads(),
+              "device": str(device), "device_name": device_name(device), "threads": torch.get_num_threads(),
+              "compiled": how_it_ran(model), "peak_memory_gib": peak_memory_gib(device),
+              "wall_seconds": sum(m.get("wall_seconds", m.get("seconds", 0)) for m in metrics),
               "images_per_s": sum(m.get("images_per_s", 0) for m in metrics) / max(len(metrics), 1)}
     if status == "diverged":
         write_checked_json(run_dir / "result.json", result)

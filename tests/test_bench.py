@@ -9,7 +9,7 @@ from reproduce.plan import plan
 def test_plan_lists_every_experiment_and_converts_passes_with_a_measured_rate():
     rows, total = plan(Run("quick", "cifar10"), {"um_epoch_img_s": 10_000.0, "model_width": 64})
     trained = [r for r in rows if r["what"].startswith("train")]
-    assert len(trained) == 15 + 5 + 19  # Table IV's (0.2, 2) is Table I's AAML-AT
+    assert len(trained) == 15 + 5 + 20  # Table IV at its own epochs: its (0.2, 2) is not Table I's AAML-AT
     sm_um = next(r for r in trained if r["what"] == "train SM-UM")
     assert sm_um["passes"] == 45_000 * 30  # the whole split, 30 epochs, one pass per image
     sm_at = next(r for r in trained if r["what"] == "train SM-AT")
@@ -34,3 +34,31 @@ def test_plan_command_prints_the_rate_a_budget_needs(capsys):
     assert main(["plan", "--profile", "smoke", "--dataset", "fashion-mnist", "--hours", "1"]) == 0
     out = capsys.readouterr().out
     assert "train SM-UM" in out and "image passes per second" in out and "bench --json" in out
+
+
+def test_plan_divides_by_the_measured_levers_of_the_profile():
+    from reproduce.config import get_profile
+    from reproduce.plan import speedups
+
+    rates = {"um_epoch_img_s": 10_000.0, "model_width": 64, "train_compile_speedup": 2.0,
+             "pgd20_compile_speedup": 1.25, "compiled": "compiled (inductor)"}
+    fill = {"models": 5, "one_process_s": 300.0, "workers_s": 100.0, "workers": "--workers 5"}
+    quick = Run("quick", "cifar10")  # compiles
+    rows = plan(quick, rates, fill)[0]
+    for r in rows:
+        factor = 2.0 * 3.0 if r["kind"] == "train" else 1.25
+        assert r["seconds"] == pytest.approx(r["passes"] / 10_000.0 / factor), r["what"]
+    # the eager profile gains nothing from the compile ratios; a failed compilation prices nothing either
+    eager = Run(get_profile("quick", compile=False), "cifar10")
+    assert speedups(eager, rates)[0] == {"train": 1.0, "attack": 1.0}
+    assert speedups(quick, {**rates, "compiled": "eager (compile failed: x)"})[0] == {"train": 1.0, "attack": 1.0}
+    # Table IV's budget: its 20 models at the profile's sweep_epochs, each an AT run
+    sweep = [r for r in rows if r["group"] == "table4" and r["kind"] == "train"]
+    assert len(sweep) == 20 and all(r["passes"] == 45_000 * 10 * 8 for r in sweep)
+    from reproduce.protocol import TABLE4
+    from reproduce.tables import notes
+
+    assert {e.epochs for e in TABLE4.experiments(quick)} == {10}
+    assert any("trained for 10 epochs" in n for n in notes(quick, TABLE4, {}))  # the table says so
+    notes = speedups(quick, rates, fill)[1]
+    assert any("x2.00" in n for n in notes) and any("x3.00" in n for n in notes)

@@ -26,8 +26,8 @@ def _same_runs(store_a, store_b, exps):
     """Bitwise the same metrics (times aside) and weights for every experiment of two stores."""
     for exp in exps:
         assert store_a.run_dir(exp).name == store_b.run_dir(exp).name
-        metrics = [[{k: v for k, v in m.items() if k not in ("seconds", "images_per_s")} for m in s.metrics(exp)]
-                   for s in (store_a, store_b)]
+        metrics = [[{k: v for k, v in m.items() if k not in ("seconds", "wall_seconds", "images_per_s")}
+                    for m in s.metrics(exp)] for s in (store_a, store_b)]
         assert metrics[0] == metrics[1] and len(metrics[0]) == 2, exp.label
         wa, wb = (load_checkpoint(s.run_dir(exp) / "best.pt")["model"] for s in (store_a, store_b))
         assert all(torch.equal(wa[k], wb[k]) for k in wa), exp.label

@@ -32,6 +32,9 @@ def test_gpu_check_rehearses_every_step_on_the_cpu(tmp_path):
     bench = json.loads((out / "bench.json").read_text())
     assert all(bench[key] > 0 for key in KEYS)
     assert bench["pgd_ours_acc"] <= bench["pgd_torchattacks_acc"] + 2.0
+    # ... with torch.compile against eager (the rehearsal traces with aot_eager; the GPU run uses inductor)
+    assert bench["compiled"] == "compiled (aot_eager)"
+    assert all(bench[f"{k}_compile_speedup"] > 0 and bench[f"{k}_compile_seconds"] >= 0 for k in ("train", "pgd20"))
     # 3. the plan read it
     assert "estimated device time" in (out / "plan.txt").read_text()
     # 4. five models in one process and in two workers
@@ -42,3 +45,11 @@ def test_gpu_check_rehearses_every_step_on_the_cpu(tmp_path):
     table = pd.read_csv(out / "table1" / "table1_white_box.csv", index_col=0)
     assert list(table.index) == ["SM-UM", "SM-AT", "AAML-UM", "AAML-AT"] and table.shape == (4, 8)
     assert table.notna().all().all() and ((0 <= table) & (table <= 100)).all().all()
+    # every step's time, images per second and device, from what each run recorded
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary) == ["device-tests", "bench", "plan", "fill", "table1"]
+    assert all(s["status"] == "passed" and s["seconds"] >= 0 for s in summary.values())
+    assert summary["fill"]["workers"]["models"] == 5 and summary["fill"]["one_process"]["images_per_s_together"] > 0
+    assert summary["table1"]["models"] == 4 and summary["table1"]["compiled"] == ["compiled (aot_eager)"]
+    assert summary["table1"]["images_per_s_per_model"] > 0 and "threads" in summary["table1"]["device"][0]
+    assert "| table1 |" in (out / "summary.md").read_text()

@@ -95,7 +95,7 @@ def _final_state(store_root):
     run_dir = next(p for p in store_root.iterdir() if p.is_dir())
     metrics = read_jsonl(run_dir / "metrics.jsonl")  # each line's digest checked, then dropped
     for m in metrics:
-        m.pop("seconds"), m.pop("images_per_s")
+        m.pop("seconds"), m.pop("wall_seconds"), m.pop("images_per_s")
     return metrics, load_checkpoint(run_dir / "best.pt")["model"], run_dir
 
 
@@ -193,7 +193,7 @@ def test_a_crash_at_every_write_then_a_resume_ends_as_an_uninterrupted_run(tmp_p
         assert metrics == ref_metrics, k
         assert all(torch.equal(ref_weights[name], weights[name]) for name in ref_weights), k
         result = json.loads((run_dir / "result.json").read_text())
-        timeless = {"train_seconds": 0, "images_per_s": 0, "sha256": ""}
+        timeless = {"train_seconds": 0, "wall_seconds": 0, "images_per_s": 0, "sha256": ""}
         assert {**result, **timeless} == {**ref_result, **timeless}, k
         assert not list(run_dir.glob(".*")), k  # no temporary file left behind
 
