@@ -205,6 +205,9 @@ def cmd_plan(args) -> int:
         if not Path(args.fill).is_file():
             raise ValueError(f"--fill {args.fill} is not a file: give the fill.json of scripts/gpu_check.sh")
         fill = json.loads(Path(args.fill).read_text())
+        if not all(isinstance(fill.get(k), (int, float)) and fill[k] > 0 for k in ("one_process_s", "workers_s")):
+            raise ValueError(f"--fill {args.fill} needs one_process_s and workers_s above 0 (scripts/gpu_check.sh "
+                             "writes them); rerun its fill step at a size that takes seconds")
     run = Run(args.profile, args.dataset)
     rows, total = plan(run, rates, fill)
     for r in rows:

@@ -62,3 +62,12 @@ def test_plan_divides_by_the_measured_levers_of_the_profile():
     assert any("trained for 10 epochs" in n for n in notes(quick, TABLE4, {}))  # the table says so
     notes = speedups(quick, rates, fill)[1]
     assert any("x2.00" in n for n in notes) and any("x3.00" in n for n in notes)
+
+
+def test_plan_refuses_a_fill_without_times(tmp_path, capsys):
+    from reproduce.cli import main
+
+    fill = tmp_path / "fill.json"
+    fill.write_text('{"models": 5, "one_process_s": 10, "workers_s": 0}')
+    assert main(["plan", "--profile", "quick", "--fill", str(fill)]) == 2
+    assert "workers_s above 0" in capsys.readouterr().err
