@@ -9,8 +9,8 @@
 #
 # Steps: 1. the device-side tests on the device (the loader's gathers, a training run, every attack
 # against torchattacks); 2. `bench --compile` (epoch times at width 64, the bf16 attack gap, torch.compile
-# against eager); 3. `plan` of the quick profile from that bench; 4. several models at once on one device
-# (the grid's local workers) against one process; 5. Table I of SM-UM, SM-AT, AAML-UM and AAML-AT at full
+# against eager); 3. several models at once on one device (the grid's local workers) against one process;
+# 4. `plan` of the quick profile from that bench and that fill; 5. Table I of SM-UM, SM-AT, AAML-UM and AAML-AT at full
 # width on the whole Fashion-MNIST. The quick profile compiles (steps 4 and 5 run compiled).
 # A failed step is logged and the next one still runs; the exit status says whether all passed.
 set -uo pipefail
@@ -75,8 +75,9 @@ step device-tests env REPRODUCE_TEST_DEVICE=$DEVICE $PY -m pytest -q -p no:cache
   tests/test_data.py tests/test_attacks_torchattacks.py "${TESTS[@]}" --junitxml "$OUT/device_tests.xml"
 # shellcheck disable=SC2086
 step bench $PY -m reproduce bench --device $DEVICE $BENCH --compile --json "$OUT/bench.json"
-step plan bash -c "$PY -m reproduce plan --profile $PROFILE --bench '$OUT/bench.json' --hours 2 | tee '$OUT/plan.txt'"
 step fill fill
+step plan bash -c "$PY -m reproduce plan --profile $PROFILE --bench '$OUT/bench.json' \
+  \$([ -f '$OUT/fill.json' ] && echo --fill '$OUT/fill.json') --hours 2 | tee '$OUT/plan.txt'"
 step table1 $PY -m reproduce table1 --profile $PROFILE --dataset fashion-mnist --device $DEVICE --train --quiet \
   --only SM-UM SM-AT AAML-UM AAML-AT "${BUDGET[@]}" --out "$OUT/table1"
 

@@ -36,7 +36,8 @@ def test_gpu_check_rehearses_every_step_on_the_cpu(tmp_path):
     assert bench["compiled"] == "compiled (aot_eager)"
     assert all(bench[f"{k}_compile_speedup"] > 0 and bench[f"{k}_compile_seconds"] >= 0 for k in ("train", "pgd20"))
     # 3. the plan read it
-    assert "estimated device time" in (out / "plan.txt").read_text()
+    plan = (out / "plan.txt").read_text()
+    assert "estimated device time" in plan and "5 models at once" in plan  # priced with the fill
     # 4. five models in one process and in two workers
     fill = json.loads((out / "fill.json").read_text())
     assert fill["models"] == 5 and fill["one_process_s"] >= 0 and fill["workers_s"] >= 0
@@ -47,7 +48,7 @@ def test_gpu_check_rehearses_every_step_on_the_cpu(tmp_path):
     assert table.notna().all().all() and ((0 <= table) & (table <= 100)).all().all()
     # every step's time, images per second and device, from what each run recorded
     summary = json.loads((out / "summary.json").read_text())
-    assert list(summary) == ["device-tests", "bench", "plan", "fill", "table1"]
+    assert list(summary) == ["device-tests", "bench", "fill", "plan", "table1"]
     assert all(s["status"] == "passed" and s["seconds"] >= 0 for s in summary.values())
     assert summary["fill"]["workers"]["models"] == 5 and summary["fill"]["one_process"]["images_per_s_together"] > 0
     assert summary["table1"]["models"] == 4 and summary["table1"]["compiled"] == ["compiled (aot_eager)"]
