@@ -324,8 +324,10 @@ def format_results(results: dict) -> str:
 
 
 def _trained_runs(store_root: Path) -> list[dict]:
-    """result.json of every finished run under a store folder."""
-    return [json.loads(p.read_text()) for p in sorted(Path(store_root).glob("*/result.json"))]
+    """result.json of every finished run under a store folder (digest checked)."""
+    from .store import read_checked_json
+
+    return [read_checked_json(p) for p in sorted(Path(store_root).glob("*/result.json"))]
 
 
 def _runs_summary(results: list[dict], seconds: float | None) -> dict:

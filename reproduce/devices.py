@@ -83,9 +83,7 @@ def compile_model(model, enabled: bool = True, name: str = "model", backend: str
     (not asked), "compiled (<backend>)", or, after a failed compilation, "eager (compile failed: ...)"."""
     if not enabled:
         return "eager"
-    embedder = model.embedder
-    current = embedder.__dict__.get("forward")
-    if isinstance(current, _CompiledForward):
+    if _compiled_forward(model) is not None:
         return how_it_ran(model)
     limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
     # one graph per mode (train / eval, with and without gradients, autocast), each static then dynamic
@@ -93,9 +91,15 @@ def compile_model(model, enabled: bool = True, name: str = "model", backend: str
     # REPRODUCE_COMPILE_BACKEND=aot_eager (the GPU check's rehearsal): traced, not code-generated, so
     # the same path in seconds instead of minutes on a CPU
     backend = backend or os.environ.get("REPRODUCE_COMPILE_BACKEND", "inductor")
-    embedder.forward = _CompiledForward(embedder.forward, backend, name)
+    model.embedder.forward = _CompiledForward(model.embedder.forward, backend, name)
     print(f"{name}: torch.compile ({backend}) of its network; the first steps of each shape compile")
     return how_it_ran(model)
+
+
+def _compiled_forward(model) -> _CompiledForward | None:
+    """The wrapper compile_model put on the model's network, if any (any other module: None)."""
+    forward = getattr(getattr(model, "embedder", None), "__dict__", {}).get("forward")
+    return forward if isinstance(forward, _CompiledForward) else None
 
 
 @contextmanager
@@ -103,8 +107,8 @@ def eager(model):
     """The model's eager forward within the block, compiled or not. For AutoAttack's reference code: its
     checks trace the model's Python calls with sys.settrace, which compiled frames confuse (they report a
     "dynamic defense") and which can crash the process while dynamo runs."""
-    forward = getattr(getattr(model, "embedder", None), "__dict__", {}).get("forward")
-    if not isinstance(forward, _CompiledForward):
+    forward = _compiled_forward(model)
+    if forward is None:
         yield model
         return
     was, forward.paused = forward.paused, True
@@ -116,8 +120,8 @@ def eager(model):
 
 def how_it_ran(model) -> str:
     """"eager", "compiled (<backend>)" or "eager (compile failed: ...)": what compile_model left."""
-    forward = model.embedder.__dict__.get("forward")
-    if not isinstance(forward, _CompiledForward):
+    forward = _compiled_forward(model)
+    if forward is None:
         return "eager"
     if forward.failed:
         return f"eager (compile failed: {forward.failed[:200]})"
