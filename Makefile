@@ -9,7 +9,7 @@ LAB := .venv-lab
 PROFILE ?=
 DATASET ?= cifar10
 
-.PHONY: reproduce results test check-install bench lab gpu-bundle clean-venv
+.PHONY: install reproduce results test check-install bench lab gpu-bundle clean-venv
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,17 +18,22 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $@
 
+# The set-up alone: .venv with the package, its notebooks, cluster and test extras.
+install: $(VENV)/.installed
+
 reproduce: $(VENV)/.installed
 	$(PY) -m reproduce run --dataset $(DATASET) $(if $(PROFILE),--profile $(PROFILE))
 
-# Publish a finished run's tables, figures, claims and manifest under results/ (what the README shows);
-# `make reproduce` itself never writes there.
+# Publish a finished run's tables, figures, claims, manifest and executed notebooks (one run: they go stale
+# together) under results/ (what the README shows); `make reproduce` itself never writes there.
 results:
 	$(if $(PROFILE),,$(error give the run to publish: make results PROFILE=smoke DATASET=fashion-mnist))
 	test -f figures/$(DATASET)-$(PROFILE)/manifest.json
 	rm -rf results/$(DATASET)-$(PROFILE)
 	mkdir -p results
 	cp -r figures/$(DATASET)-$(PROFILE) results/$(DATASET)-$(PROFILE)
+	if [ -d runs/notebooks/$(DATASET)-$(PROFILE) ]; then \
+		cp -r runs/notebooks/$(DATASET)-$(PROFILE) results/$(DATASET)-$(PROFILE)/notebooks; fi
 
 test: $(VENV)/.installed
 	$(PY) -m ruff check reproduce tests

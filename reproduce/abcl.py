@@ -71,7 +71,7 @@ def fig_losses_2d(run, losses, epochs: int = PLANE_EPOCHS, train_limit: int | No
         panels[f"{exp.loss} ({accuracy[exp.loss]:.0f}% test acc.)" + (f"\n{settings}" if settings else "")] = \
             (emb, y.numpy())
     fig = figures.scatter_panels(panels, run.data.classes, run.out_dir / "fig_losses_2d_embeddings.png", ncols=4,
-                                 profile=run.profile.name,
+                                 profile=run.profile,
                                  suptitle=f"2-d embeddings of {run.dataset} test images, one per loss "
                                           f"({epochs} epochs)")
     return fig, accuracy
@@ -102,12 +102,19 @@ def feature_norm(run, scale: float = 4.0, n_points: int = 2000) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     df.to_csv(run.out_dir / "appendix_a_feature_norm.csv", index=False, float_format="%.4f")
     figures.scatter_panels(panels, data.classes, run.out_dir / "appendix_a_feature_norm.png", ncols=2,
-                           profile=run.profile.name, mark=marks,
+                           profile=run.profile, mark=marks,
                            suptitle=f"Appendix A: 2-d CosFace features on {run.dataset} (crosses: misclassified)")
     return df
 
 
 COLUMNS = [c.key for c in APPENDIX_COLUMNS]
+
+
+def column_title(run, key: str) -> str:
+    """An appendix column as a panel title: the attack, its steps and eps ("PGD (7), eps 8/255")."""
+    column = next(c for c in APPENDIX_COLUMNS if c.key == key)
+    spec = column.spec(run.profile)
+    return column.title if spec is None else f"{column.title}, eps {spec.eps * 255:g}/255"
 
 
 def recipes(profile) -> dict:
@@ -150,14 +157,16 @@ def k1k2_grid(run, k1_values=(0, 64, 512), k2_values=(0, 8, 64), defense="UM") -
             for k1 in k1_values for k2 in k2_values}
     df = _evaluate_grid(run, exps, ("k1", "k2"))
     df.to_csv(run.out_dir / "appendix_b_k1k2_grid.csv", index=False, float_format="%.2f")
-    fig, axes = figures.plt.subplots(1, len(COLUMNS), figsize=(4.2 * len(COLUMNS), 3.6))
-    for ax, col in zip(axes, COLUMNS):
+    fig, axes = figures.plt.subplots(1, len(COLUMNS), figsize=(3.6 * len(COLUMNS) + 1.0, 3.6))
+    for ax, col in zip(axes, COLUMNS):  # one scale, 0-100%, so one colour bar (the last panel's) serves all
         pivot = df.pivot(index="k1", columns="k2", values=col)
-        figures.heatmap(pivot, ax=ax, title=col, xlabel="k2 (weight of L_O)", ylabel="k1 (weight of L_I)",
-                        vmin=0, vmax=100)
-    fig.suptitle(f"Appendix B: HT-SCE+AB ({defense}) accuracy (%) on {run.dataset}; (0, 0) is plain HT-SCE")
+        figures.heatmap(pivot, ax=ax, title=column_title(run, col), xlabel="k2 (weight of L_O)",
+                        ylabel="k1 (weight of L_I)" if ax is axes[0] else "", vmin=0, vmax=100,
+                        cbar=ax is axes[-1])
+    fig.suptitle(f"Appendix B: HT-SCE+AB ({defense}) accuracy (%) on {run.dataset}, {len(run.test_images()[1])} "
+                 "test images; (0, 0) is plain HT-SCE")
     fig.tight_layout()
-    figures.stamp(fig, run.profile.name)
+    figures.stamp(fig, run.profile)
     figures.save(fig, run.out_dir / "appendix_b_k1k2_grid.png")
     return df
 
@@ -174,9 +183,14 @@ def scale_sweep(run, scales=tuple(range(1, 11)), losses=None, defense="UM") -> p
     df = _evaluate_grid(run, exps, ("loss", "s"))
     df.to_csv(run.out_dir / "appendix_c_scale_sweep.csv", index=False, float_format="%.2f")
     long = df.melt(id_vars=["loss", "s"], value_vars=COLUMNS, var_name="column", value_name="accuracy")
+    n = len(run.test_images()[1])
+    bounds = [wilson_interval(a, n) for a in long["accuracy"]]
+    long = long.assign(ci_low=[b[0] for b in bounds], ci_high=[b[1] for b in bounds],
+                       column=[column_title(run, c) for c in long["column"]])
     figures.curve_panels(long, "s", "column", "loss", run.out_dir / "appendix_c_scale_sweep.png",
-                         x_label="scale s", profile=run.profile.name,
-                         title=f"Appendix C: accuracy (%) against the scale s ({defense}, {run.dataset})")
+                         x_label="scale s", profile=run.profile,
+                         title=f"Appendix C: accuracy (%) against the scale s ({defense}, {run.dataset}, {n} test "
+                               "images; band: 95% Wilson interval)")
     return df
 
 
@@ -253,6 +267,6 @@ def tsne_grid(run, n_points: int = 1000) -> pd.DataFrame:
     df = pd.DataFrame(records)
     df.to_csv(run.out_dir / "appendix_d_tsne_mnist.csv", index=False, float_format="%.2f")
     figures.scatter_panels(panels, data.classes, run.out_dir / "appendix_d_tsne_mnist.png", ncols=4,
-                           profile=run.profile.name, colour_title="true class",
+                           profile=run.profile, colour_title="true class",
                            suptitle=f"Appendix D: t-SNE of 10-d features on {run.dataset}")
     return df

@@ -8,6 +8,11 @@
   plan    every experiment and evaluation a profile runs, with estimated device time
   export  a trained run as weights (safetensors), experiment, Table I row and model card
   evaluate  every Table I column on one model: a run or export of ours, or any torch.nn.Module file
+  models  every run of the store: label, dataset, profile, changed budgets, seed, status, folder
+  set-repository  the repository's URL, for the Colab cells, badges and install line
+
+The dataset and profile, where no flag names them: $DATASET (else cifar10) and $PROFILE (else colab in
+Colab, quick with CUDA, smoke without), read by every command, notebook and `reproduce.start`.
 
 examples:
   python -m reproduce run --profile smoke --dataset fashion-mnist
@@ -15,22 +20,23 @@ examples:
   python -m reproduce table1 --profile smoke --dataset fashion-mnist --only SM-UM AAML-UM --train
   python -m reproduce evaluate runs/fashion-mnist-smoke-AAML-AT-963f71ce02a5
   python -m reproduce export runs/fashion-mnist-smoke-AAML-AT-963f71ce02a5 exported/AAML-AT
+  python -m reproduce models
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from .config import DEFENSES, OBJECTIVES, OPTIMIZERS
+from .config import OBJECTIVES, OPTIMIZERS, defense_name, parse_label, profile_help
 from .data import DATASETS
-from .losses import LOSSES
+from .losses import LOSSES, loss_name
 from .protocol import TABLES
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", default=None, help="smoke | colab | quick | paper (default: $PROFILE, else "
                                                    "colab in Colab, quick with CUDA and smoke without)")
-    p.add_argument("--dataset", default="cifar10", choices=DATASETS, help="the dataset (default: cifar10)")
+    p.add_argument("--dataset", default=None, choices=DATASETS, help="the dataset (default: $DATASET, else cifar10)")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     p.add_argument("--runs", default=None, help="run store folder (default: $REPRODUCE_RUNS, else runs/ of the "
                                                 "checkout)")
@@ -47,7 +53,10 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _budget_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget", action="append", metavar="FIELD=VALUE",
-                   help="a budget of the profile to change, e.g. --budget epochs=5 --budget test_limit=2000")
+                   help="a budget of the profile to change, e.g. --budget epochs=5 --budget test_limit=2000 "
+                        "(the fields, their types and each profile's values are listed below); outputs then go "
+                        "to a folder of their own, figures/<dataset>-<profile>-budgets-<digest>")
+    p.epilog = "budgets of --budget (type: each profile's value):\n" + profile_help()
 
 
 def _run(args):
@@ -210,6 +219,7 @@ def cmd_plan(args) -> int:
                              "writes them); rerun its fill step at a size that takes seconds")
     run = Run(args.profile, args.dataset)
     rows, total = plan(run, rates, fill)
+    print(f"{'device time' if total is not None else 'image passes':>12s}  {'group':13s} what")
     for r in rows:
         cost = f"{r['seconds'] / 60:8.1f} min" if total is not None else f"{r['passes'] / 1e6:8.2f} M"
         print(f"{cost}  {r['group']:13s} {r['what']}")
@@ -248,35 +258,53 @@ def cmd_export(args) -> int:
 def cmd_evaluate(args) -> int:
     from pathlib import Path
 
-    from .export import experiment_of, format_row, load_module, table1_row
+    from .evaluation import FOREIGN_KEY
+    from .export import experiment_of, format_row, load_folder, load_model, load_module, table1_row
+    from .store import RunStore
 
-    run = _run(args)
     path = Path(args.model)
-    experiment = None
-    if path.is_dir():
+    experiment, store = None, None
+    if path.is_dir():  # a run or an export of ours: its own dataset and profile unless flags say otherwise
         experiment = experiment_of(path)
+        args.dataset, args.profile = args.dataset or experiment.dataset, args.profile or experiment.profile
+        run = _run(args)
         if (experiment.dataset, experiment.profile) != (run.dataset, run.profile.name):
             print(f"note: {path} was trained on {experiment.dataset} ({experiment.profile}); evaluating on "
                   f"{run.dataset} with the {run.profile.name} profile's test images and attacks")
-        experiment = experiment if (path / "config.json").exists() else None  # caches live in the store's runs
-        model = load_module(path, run.device)
+        if (path / "config.json").exists():  # a run folder: its own store's caches
+            store = RunStore(path.resolve().parent)
+        model = load_folder(path, run.device)
     elif path.exists():
+        run = _run(args)
         model = load_module(path, run.device)
     else:
-        from .export import load_model
-
-        model = load_model(args.model, profile=run.profile.name, dataset=run.dataset, seed=args.seed,
+        run = _run(args)
+        model = load_model(args.model, profile=run.profile, dataset=run.dataset, seed=args.seed,
                            objectives=run.objectives, runs_dir=run.store.root, device=run.device)
-        loss, defense = args.model.split("-")
-        experiment = run.experiment(loss, defense, args.seed)
+        experiment, store = run.experiment(*parse_label(args.model), args.seed), run.store
+    seeds = (f"seeded from experiment {experiment.key} and each column's name" if experiment is not None else
+             f"seeded from {FOREIGN_KEY!r} and each column's name (a module of no experiment)")
     x, _ = run.test_images()
-    row = table1_row(run, model, experiment)
-    print(format_row(row, len(x)))
+    print(f"{experiment.label if experiment else path.name} on {run.dataset}, {run.profile.name} profile; {seeds}"
+          + ("; the store's caches are read and filled" if store else ""))
+    row = table1_row(run, model, experiment, store)
+    print(format_row(row, len(x), run.profile))
     if args.out:
         import pandas as pd
 
         pd.DataFrame(row).T.rename_axis("column").to_csv(args.out)
         print(f"written {args.out}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from .context import default_folder
+    from .export import format_models, list_models
+
+    root = args.runs or default_folder("runs")
+    models = list_models(root)
+    print(f"run store {root}: {len(models)} run(s)")
+    print(format_models(models))
     return 0
 
 
@@ -295,20 +323,27 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m reproduce", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("run", help="run every notebook in order (make reproduce)")
+    class Sub:  # every sub-command: its one-line help is also its description, its epilog kept as written
+        @staticmethod
+        def add_parser(name, help):
+            return sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".",
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    p = Sub.add_parser("run", help="run every notebook in order (make reproduce)")
     _common(p)
     p.add_argument("--figures", default=None, help="where tables and figures go (default: figures/ of the checkout)")
     p.add_argument("--only", nargs="*", help="run only these notebooks (e.g. 03 04)")
     _budget_option(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("train", help="train one experiment")
+    p = Sub.add_parser("train", help="train one experiment")
     _common(p)
-    p.add_argument("--loss", default="SM", choices=sorted(LOSSES),
-                   help="SM, ConL, TL, CenL, AAML (the paper's) or an ABCL loss (default: SM)")
-    p.add_argument("--defense", default="UM", choices=DEFENSES,
+    p.add_argument("--loss", default="SM", type=loss_name, metavar="LOSS",
+                   help=f"one of {', '.join(LOSSES)} (the paper's five, then the ABCL losses) or a common name "
+                        "such as ArcFace or softmax (default: SM)")
+    p.add_argument("--defense", default="UM", type=defense_name, metavar="DEFENSE",
                    help="UM: plain training, AT: PGD adversarial training, ALP: adversarial logit pairing "
                         "(default: UM)")
     p.add_argument("--seed", type=int, default=0, help="the training seed (default: 0)")
@@ -318,9 +353,10 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, help="default: the profile's")
     p.add_argument("--train-limit", type=int, help="train on the first N images (default: the profile's)")
     p.add_argument("--param", action="append", metavar="NAME=VALUE", help="a loss parameter, e.g. --param s=4")
+    _budget_option(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("grid", help="train every experiment a table needs")
+    p = Sub.add_parser("grid", help="train every experiment a table needs")
     _common(p)
     p.add_argument("--table", required=True, choices=list(TABLES), help="the table whose models to train")
     p.add_argument("--only", nargs="*", help="only the models with these labels, e.g. SM-UM AAML-AT")
@@ -329,13 +365,14 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=1, help="worker processes or array tasks (default 1)")
     p.add_argument("--gpus", default=None, help="local: GPU indices to use, e.g. 0,1,2,3")
     p.add_argument("--workers-per-gpu", type=int, default=1, help="local: workers sharing one GPU (default 1)")
-    p.add_argument("--slurm-partition", default=None)
+    p.add_argument("--slurm-partition", default=None, help="slurm: the partition to submit to (default: the "
+                                                           "cluster's)")
     p.add_argument("--slurm-time", type=int, default=None, help="minutes per array task")
     p.add_argument("--slurm-gpus", type=int, default=None, help="GPUs per array task")
     _budget_option(p)
     p.set_defaults(func=cmd_grid)
 
-    p = sub.add_parser("table1", help="Table I for some or all of its models")
+    p = Sub.add_parser("table1", help="Table I for some or all of its models")
     _common(p)
     p.add_argument("--only", nargs="*", help="model labels, e.g. SM-UM AAML-AT (default: all 15)")
     p.add_argument("--train", action="store_true", help="train the models the store does not have yet")
@@ -346,7 +383,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="figures/table1", help="where the table goes (default figures/table1)")
     p.set_defaults(func=cmd_table1)
 
-    p = sub.add_parser("bench", help="benchmarks of each speed lever")
+    p = Sub.add_parser("bench", help="benchmarks of each speed lever")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     p.add_argument("--json", default=None, help="also write the results as JSON here")
     p.add_argument("--smoke", action="store_true", help="smallest sizes: checks that it runs, not timings")
@@ -354,20 +391,20 @@ def main(argv=None) -> int:
                    help="also torch.compile against eager: a training epoch and PGD-20, with the compile time")
     p.set_defaults(func=cmd_bench, profile=None)
 
-    p = sub.add_parser("plan", help="estimated device time of a profile")
+    p = Sub.add_parser("plan", help="estimated device time of a profile")
     p.add_argument("--profile", default=None, help="smoke | colab | quick | paper (default: as for run)")
-    p.add_argument("--dataset", default="cifar10", choices=DATASETS, help="the dataset (default: cifar10)")
+    p.add_argument("--dataset", default=None, choices=DATASETS, help="the dataset (default: $DATASET, else cifar10)")
     p.add_argument("--bench", default=None, help="JSON written by `bench --json` on the target device")
     p.add_argument("--fill", default=None, help="fill.json of scripts/gpu_check.sh: the grid trained by several "
                                                 "workers on one GPU")
     p.add_argument("--hours", type=float, default=2.0, help="the budget to compare with (default 2)")
     p.set_defaults(func=cmd_plan)
 
-    p = sub.add_parser("set-repository", help="the repository's URL, for the Colab cells, badges and install line")
+    p = Sub.add_parser("set-repository", help="the repository's URL, for the Colab cells, badges and install line")
     p.add_argument("url", help="e.g. https://github.com/you/repo")
     p.set_defaults(func=cmd_set_repository, profile=None)
 
-    p = sub.add_parser("export", help="a trained run as weights, experiment, Table I row and model card")
+    p = Sub.add_parser("export", help="a trained run as weights, experiment, Table I row and model card")
     p.add_argument("run_dir", help="a run folder of the store, e.g. runs/fashion-mnist-smoke-AAML-AT-963f71ce02a5")
     p.add_argument("out_dir", help="the folder to write (created if missing)")
     p.add_argument("--data", default=None, help="dataset folder (default: $REPRODUCE_DATA, else data/ of the "
@@ -375,7 +412,7 @@ def main(argv=None) -> int:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_export, profile=None)
 
-    p = sub.add_parser("evaluate", help="every Table I column on one model")
+    p = Sub.add_parser("evaluate", help="every Table I column on one model")
     p.add_argument("model", help="a run or export folder of ours, a table label (e.g. AAML-AT, looked up in the "
                                  "store), or a .pt file holding a TorchScript or pickled torch.nn.Module that maps "
                                  "images in [0, 1] to logits")
@@ -384,6 +421,12 @@ def main(argv=None) -> int:
     _budget_option(p)
     p.add_argument("--out", default=None, help="also write the row as CSV here")
     p.set_defaults(func=cmd_evaluate)
+
+    p = Sub.add_parser("models", help="every run of the store: label, dataset, profile, changed budgets, seed, "
+                                      "status, clean validation accuracy and folder")
+    p.add_argument("--runs", default=None, help="run store folder (default: $REPRODUCE_RUNS, else runs/ of the "
+                                                "checkout)")
+    p.set_defaults(func=cmd_models, profile=None)
 
     args = parser.parse_args(argv)
     try:

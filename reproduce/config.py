@@ -87,6 +87,12 @@ def default_profile() -> tuple[str, str]:
     return "quick", "CUDA is available"
 
 
+def default_dataset() -> str:
+    """The dataset to use when none is named: DATASET from the environment (as `make` reads it), else
+    cifar10. Every command, notebook and `start` follows this rule."""
+    return os.environ.get("DATASET") or "cifar10"
+
+
 # The budgets that are words, and the words they take (checked with the others, before any work).
 PROFILE_CHOICES = {"schedule": ("onecycle", "plateau", "constant"), "autoattack": ("standard", "apgd")}
 
@@ -101,7 +107,8 @@ def get_profile(name: str | Profile | None = None, /, **overrides) -> Profile:
     profile = PROFILES[name]
     unknown = set(overrides) - {f.name for f in dataclasses.fields(Profile)}
     if unknown:
-        raise ValueError(f"unknown profile fields {sorted(unknown)}")
+        raise ValueError(f"unknown profile fields {sorted(unknown)}; the budgets (type: each profile's value):\n"
+                         + profile_help())
     for k, v in overrides.items():
         if k == "name":
             raise ValueError(f"profile field name={v!r}: choose the profile itself ({' | '.join(PROFILES)}), "
@@ -124,7 +131,70 @@ def get_profile(name: str | Profile | None = None, /, **overrides) -> Profile:
     return dataclasses.replace(profile, **{k: v for k, v in overrides.items() if v is not None})
 
 
+# Profile fields that are not budgets: a speed lever that changes no number.
+NOT_BUDGETS = ("name", "compile")
+
+
+def changed_budgets(profile: Profile) -> dict:
+    """{field: value} of the budgets where `profile` differs from the named profile it started from."""
+    base = PROFILES.get(profile.name)
+    if base is None:
+        return {}
+    return {f.name: getattr(profile, f.name) for f in dataclasses.fields(Profile)
+            if f.name not in NOT_BUDGETS and getattr(profile, f.name) != getattr(base, f.name)}
+
+
+def budget_text(profile: Profile) -> str:
+    """The changed budgets in words, e.g. "epochs=1, train_limit=512" ("" when none changed)."""
+    return ", ".join(f"{k}={v}" for k, v in changed_budgets(profile).items())
+
+
+def budget_digest(profile: Profile) -> str:
+    """Eight hex digits naming a set of changed budgets (the output folder of such a run)."""
+    text = json.dumps(changed_budgets(profile), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def profile_help() -> str:
+    """Every budget of a profile with its type and each named profile's value (the --budget help)."""
+    lines = []
+    for f in dataclasses.fields(Profile):
+        if f.name == "name":
+            continue
+        values = ", ".join(f"{n} {getattr(p, f.name)}" for n, p in PROFILES.items())
+        kind = {"int | None": "int or none", "str": "word", "bool": "true/false"}.get(str(f.type), str(f.type))
+        choices = f" ({' | '.join(PROFILE_CHOICES[f.name])})" if f.name in PROFILE_CHOICES else ""
+        lines.append(f"  {f.name} ({kind}{choices}): {values}")
+    return "\n".join(lines)
+
+
 DEFENSES = ("UM", "AT", "ALP")
+DEFENSE_ALIASES = {"plain": "UM", "none": "UM", "undefended": "UM", "standard": "UM",
+                   "pgd-at": "AT", "adversarial-training": "AT", "madry": "AT",
+                   "logit-pairing": "ALP", "adversarial-logit-pairing": "ALP"}
+
+
+def defense_name(name: str) -> str:
+    """UM, AT or ALP, given as such (any case) or by a common alias ("plain", "PGD-AT", "logit-pairing")."""
+    if name in DEFENSES:
+        return name
+    folded = str(name).strip().lower().replace("_", "-").replace(" ", "-")
+    found = {d.lower(): d for d in DEFENSES}.get(folded) or DEFENSE_ALIASES.get(folded)
+    if found is None:
+        aliases = ", ".join(f"{a}={c}" for a, c in DEFENSE_ALIASES.items())
+        raise ValueError(f"unknown defense {name!r}; choose one of {list(DEFENSES)} (also accepted: {aliases})")
+    return found
+
+
+def parse_label(label: str) -> tuple[str, str]:
+    """(loss, defense) of a table label such as "AAML-AT" or "ArcFace-AT" (the defence follows the last
+    hyphen, so "HT-SCE-UM" works)."""
+    from .losses import loss_name
+
+    loss, sep, defense = str(label).rpartition("-")
+    if not sep or not loss:
+        raise ValueError(f"{label!r} is not a table label such as 'AAML-AT' (LOSS-DEFENSE)")
+    return loss_name(loss), defense_name(defense)
 OPTIMIZERS = ("sgd", "adam")
 # How AT and ALP combine clean and adversarial terms: as the authors' code computed the published
 # numbers (per loss; see defenses.py), or as the paper's text describes them.
@@ -182,12 +252,10 @@ class Experiment:
     keep: str = ""  # KEEP_RULES; "": the authors' rule for the paper's losses (authors' objectives), else best clean
 
     def __post_init__(self):
-        from .losses import LOSSES, PAPER_LOSSES, resolve_loss_params
+        from .losses import PAPER_LOSSES, loss_name, resolve_loss_params
 
-        if self.loss not in LOSSES:
-            raise ValueError(f"unknown loss {self.loss!r}; choose one of {sorted(LOSSES)}")
-        if self.defense not in DEFENSES:
-            raise ValueError(f"unknown defense {self.defense!r}; choose one of {list(DEFENSES)}")
+        object.__setattr__(self, "loss", loss_name(self.loss))  # "ArcFace" is AAML: one run, one hash
+        object.__setattr__(self, "defense", defense_name(self.defense))
         if self.objectives not in OBJECTIVES:
             raise ValueError(f"unknown objectives {self.objectives!r}; choose one of {list(OBJECTIVES)}")
         if self.defense == "UM":
@@ -252,6 +320,15 @@ class Experiment:
     def params(self) -> dict:
         return dict(self.loss_params)
 
+    def differences(self) -> dict:
+        """{field: value} where this experiment differs from what its profile, loss and defence give by
+        default (its budgets changed by hand, e.g. {"epochs": 1, "train_limit": 512}); loss parameters
+        are `changed_params`."""
+        default = make_experiment(self.loss, self.defense, self.profile, self.dataset, self.seed,
+                                  loss_params=dict(self.loss_params), objectives=self.objectives)
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name != "loss_params" and getattr(self, f.name) != getattr(default, f.name)}
+
     @property
     def changed_params(self) -> dict:
         """The loss parameters that differ from the loss's defaults (for display)."""
@@ -266,9 +343,10 @@ def make_experiment(loss: str = "SM", defense: str = "UM", profile: str | Profil
                     **overrides) -> Experiment:
     """An experiment with the profile's budgets; a loss's training recipe (losses.Loss.RECIPE) wins
     over the profile, and keyword overrides win over both."""
-    from .losses import loss_recipe, make_loss, resolve_loss_params
+    from .losses import loss_name, loss_recipe, make_loss, resolve_loss_params
 
     prof = profile if isinstance(profile, Profile) else get_profile(profile)
+    loss, defense = loss_name(loss), defense_name(defense)
     loss_params = dict(resolve_loss_params(loss, dict(loss_params or {})))
     make_loss(loss, 4, 2, **loss_params)  # a loss that cannot be built fails now, not mid-run
     adversarial = defense != "UM"

@@ -13,7 +13,17 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from .config import OBJECTIVES, Profile, default_profile, get_profile, make_experiment
+from .config import (
+    OBJECTIVES,
+    Profile,
+    budget_digest,
+    budget_text,
+    changed_budgets,
+    default_dataset,
+    default_profile,
+    get_profile,
+    make_experiment,
+)
 from .data import DATASETS, DataSplit, load_dataset
 from .store import RunStore
 
@@ -34,10 +44,10 @@ def default_folder(name: str) -> Path:
 @dataclass(frozen=True)
 class Run:
     """Where and how one run of the reproduction computes. Every field has a default: `Run()` is the
-    default profile on CIFAR-10 with the authors' objectives, runs/ and data/ of the checkout."""
+    default profile on $DATASET (else CIFAR-10) with the authors' objectives, runs/ and data/ of the checkout."""
 
     profile: Profile | str | None = None  # a Profile (a name or None is resolved: config.default_profile)
-    dataset: str = "cifar10"
+    dataset: str | None = None  # None: $DATASET, else cifar10 (config.default_dataset)
     objectives: str = "authors"  # AT / ALP objectives: the authors' code or the paper's text
     store: RunStore = field(default_factory=lambda: RunStore(default_folder("runs")))
     device: str | None = None  # None: cuda when available
@@ -49,6 +59,7 @@ class Run:
     def __post_init__(self):
         if not isinstance(self.profile, Profile):
             object.__setattr__(self, "profile", get_profile(self.profile))
+        object.__setattr__(self, "dataset", self.dataset or default_dataset())
         if self.dataset not in DATASETS:
             raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {list(DATASETS)}")
         if self.objectives not in OBJECTIVES:
@@ -56,14 +67,21 @@ class Run:
         object.__setattr__(self, "data_root", Path(self.data_root or default_folder("data")))
         object.__setattr__(self, "figures_root", Path(self.figures_root or default_folder("figures")))
 
+    @property
+    def name(self) -> str:
+        """<dataset>-<profile>, then -budgets-<digest> when budgets were changed (config.budget_digest) and
+        -paper-objectives for the paper's reading of AT / ALP: the name of the run's output folder."""
+        budgets = f"-budgets-{budget_digest(self.profile)}" if changed_budgets(self.profile) else ""
+        objectives = "" if self.objectives == "authors" else f"-{self.objectives}-objectives"
+        return f"{self.dataset}-{self.profile.name}{budgets}{objectives}"
+
     def _out_path(self) -> Path:
-        suffix = "" if self.objectives == "authors" else f"-{self.objectives}-objectives"
-        return Path(self.output or self.figures_root / f"{self.dataset}-{self.profile.name}{suffix}")
+        return Path(self.output or self.figures_root / self.name)
 
     @property
     def out_dir(self) -> Path:
-        """figures/<dataset>-<profile>/ (with -paper-objectives for the paper's reading of AT / ALP), so
-        runs of different profiles or datasets never overwrite each other's outputs; created on use."""
+        """figures/<run name>/ (`name`), so runs of different profiles, datasets or budgets never overwrite
+        each other's outputs; created on use."""
         out = self._out_path()
         out.mkdir(parents=True, exist_ok=True)
         return out
@@ -110,21 +128,24 @@ def _check_folder(flag: str, folder) -> None:
         raise ValueError(f"{flag} {path} is a file, not a folder: point {flag} at a folder (it is created if missing)")
 
 
-def start(profile: str | None = None, dataset: str = "cifar10", *, objectives: str = "authors",
+def start(profile: str | None = None, dataset: str | None = None, *, objectives: str = "authors",
           device: str | None = None, runs_dir=None, data_dir=None, figures_dir=None, budgets: dict | None = None,
           progress: bool = True, quiet: bool = False) -> Run:
     """The run context of a notebook or a command: the profile (None: config.default_profile, whose
-    reason is printed) with its `budgets` changed, and the folders (None: runs/, data/ and figures/ of
+    reason is printed) with its `budgets` changed, the dataset (None: $DATASET, else cifar10), and the
+    folders (None: runs/, data/ and figures/ of
     the checkout). Prints one line saying what runs where, unless `quiet`."""
     from .devices import resolve_device
 
     name, why = (profile, "") if profile else default_profile()
+    dataset = dataset or default_dataset()
     for flag, folder in (("--runs", runs_dir), ("--data", data_dir), ("--figures", figures_dir)):
         _check_folder(flag, folder)
     run = Run(get_profile(name, **(budgets or {})), dataset, objectives,
               RunStore(runs_dir or default_folder("runs")), str(resolve_device(device)), data_dir, figures_dir,
               progress)
     if not quiet:
-        print(f"profile {run.profile.name}{f' ({why})' if why else ''}, dataset {dataset}, {objectives} objectives, "
-              f"on {run.device}; runs in {run.store.root}, outputs in {run.out_dir}")
+        budgets = f" with {budget_text(run.profile)}" if changed_budgets(run.profile) else ""
+        print(f"profile {run.profile.name}{f' ({why})' if why else ''}{budgets}, dataset {dataset}, {objectives} "
+              f"objectives, on {run.device}; runs in {run.store.root}, outputs in {run.out_dir}")
     return run

@@ -16,7 +16,7 @@ def fig_training_curves(run):
     metrics = {}
     for e in table1_experiments(run):
         metrics.setdefault(e.label, []).append(run.store.metrics(e))  # one list of epochs per seed
-    return figures.training_curves(metrics, run.out_dir / "fig_training_curves.png", run.profile.name)
+    return figures.training_curves(metrics, run.out_dir / "fig_training_curves.png", run.profile)
 
 
 def _with_intervals(points: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -43,7 +43,7 @@ def robustness_curves(run) -> tuple[pd.DataFrame, pd.DataFrame]:
         if exp.loss in ("SM", "AAML") and exp.defense in ("UM", "AT"):
             row = evaluate_columns(exp, model, x, y, iteration_specs, run.store, progress=run.progress)
             step_rows += [dict(base, steps=s.steps, accuracy=row[s.column]) for s in iteration_specs]
-    out, name = run.out_dir, run.profile.name
+    out, name = run.out_dir, run.profile
     eps = _with_intervals(pd.DataFrame(eps_rows), ["model", "loss", "defense", "eps"])
     steps = _with_intervals(pd.DataFrame(step_rows), ["model", "loss", "defense", "steps"])
     eps.to_csv(out / "curve_eps.csv", index=False, float_format="%.2f")

@@ -18,8 +18,9 @@ DEFAULT_ROOT = Path(os.environ.get("REPRODUCE_DATA", "data"))
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 OFFLINE_HINT = (
     "On a machine without internet, Fashion-MNIST works offline: `sudo apt-get install "
-    "dataset-fashion-mnist`, then run with DATASET=fashion-mnist (e.g. `make reproduce "
-    "DATASET=fashion-mnist PROFILE=smoke`)."
+    "dataset-fashion-mnist`, then choose it: `--dataset fashion-mnist` on any command, `dataset=\"fashion-mnist\"` "
+    "in a notebook's parameters, or DATASET=fashion-mnist in the environment, which every command, notebook and "
+    "`make` target reads (e.g. `DATASET=fashion-mnist PROFILE=smoke make reproduce`)."
 )
 
 CLASS_NAMES = {

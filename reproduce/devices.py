@@ -32,6 +32,24 @@ def device_name(device: torch.device | str) -> str:
     return f"{cpu} ({torch.get_num_threads()} threads)"
 
 
+def environment(device="cpu") -> dict:
+    """The versions and the machine that decide a number on a CPU or a GPU: Python, torch, torchvision,
+    CUDA and cuDNN (None without them), this package, the device's model (GPU name, or CPU model with
+    its thread count) and the thread count."""
+    import platform
+
+    import torchvision
+
+    from . import __version__
+
+    cuda = torch.cuda.is_available()
+    cudnn = torch.backends.cudnn.version() if cuda and torch.backends.cudnn.is_available() else None
+    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "cuda": torch.version.cuda if cuda else None, "cudnn": cudnn,
+            "package": __version__, "device_name": device_name(device), "threads": torch.get_num_threads(),
+            "platform": platform.platform()}
+
+
 def peak_memory_gib(device: torch.device | str) -> float | None:
     """The most GPU memory tensors have held since the last reset (None on a CPU)."""
     device = torch.device(device)

@@ -202,21 +202,58 @@ def subset(images, labels, spec: AttackSpec | None):
     return (images, labels) if n is None else (images[:n], labels[:n])
 
 
+# The key that seeds the columns of a model the store does not know (a user's module): `column_seed`.
+FOREIGN_KEY = "module"
+
+
+def column_seed(key: str, column: str) -> int:
+    """The seed of one column's random draws (random starts, restarts, AutoAttack's own): the SHA-256 of
+    the model's experiment key (FOREIGN_KEY for a module of no experiment) and the column. One rule for
+    every path, so a table, `evaluate` and `export` give one model the same number, whatever else was
+    evaluated before it and whichever worker computed it."""
+    return int(hashlib.sha256(f"{key}/{column}".encode()).hexdigest()[:8], 16)
+
+
+def score_column(model, images, labels, spec: AttackSpec | None, key: str, *, progress: bool = False,
+                 desc: str | None = None) -> dict:
+    """One column on its test images (`subset`), seeded by `column_seed(key, column)`: robust_scores
+    with a bool per image, and "n" the images it scored."""
+    xs, ys = subset(images, labels, spec)
+    torch.manual_seed(column_seed(key, "clean" if spec is None else spec.column))
+    scores = robust_scores(model, xs, ys, spec, progress=progress, desc=desc, per_example=True)
+    return dict(scores, n=len(ys))
+
+
+def _column_cache(store: RunStore, experiment, images, spec: AttackSpec | None):
+    """(path, identity) of one column's cache in the run's eval/ folder."""
+    column = "clean" if spec is None else spec.column
+    spec_fields = None if spec is None else spec.identity()
+    if spec is not None and spec.name == "autoattack":  # since 0.2 the reference code, not torchattacks
+        spec_fields["implementation"] = "pyautoattack"
+    return (store.eval_path(experiment, cache_name(f"column-{column}", images, spec=spec_fields)),
+            cache_identity(images, key=experiment.key, column=column, spec=spec_fields))
+
+
+def uncached_columns(experiment, images, specs, store: RunStore) -> list[str]:
+    """The columns (clean first) that the store has no cache of for this model and test set."""
+    out = []
+    for spec in [None] + list(specs):
+        path, identity = _column_cache(store, experiment, images, spec)
+        if not path.exists() or read_cache(path, identity, quiet=True) is None:
+            out.append("clean" if spec is None else spec.column)
+    return out
+
+
 def column_scores(experiment, model, images, labels, specs, store: RunStore | None = None, *,
                   progress: bool = True, wait_for_claim: bool = True, per_example: bool = False) -> dict:
     """{'clean' or column: {"final": accuracy, "any_iterate": accuracy, "n": test images}}, cached per
-    column; with `per_example`, also "correct" and "correct_any_iterate", a bool per image (a cache
-    written without them is computed again)."""
+    column in the store (None: the default store); with `per_example`, also "correct" and
+    "correct_any_iterate", a bool per image (a cache written without them is computed again)."""
     store = store or RunStore()
     row = {}
     for spec in [None] + list(specs):
         column = "clean" if spec is None else spec.column
-        spec_fields = None if spec is None else spec.identity()
-        if spec is not None and spec.name == "autoattack":  # since 0.2 the reference code, not torchattacks
-            spec_fields["implementation"] = "pyautoattack"
-        path = store.eval_path(experiment, cache_name(f"column-{column}", images, spec=spec_fields))
-        identity = cache_identity(images, key=experiment.key, column=column, spec=spec_fields)
-        xs, ys = subset(images, labels, spec)
+        path, identity = _column_cache(store, experiment, images, spec)
         usable = lambda c: c is not None and (not per_example or "correct" in c)  # noqa: E731
         cached = read_cache(path, identity)
         if not usable(cached):
@@ -229,28 +266,28 @@ def column_scores(experiment, model, images, labels, specs, store: RunStore | No
             try:
                 cached = read_cache(path, identity)  # computed by the process we waited for
                 if not usable(cached):
-                    torch.manual_seed(int(hashlib.sha256(f"{experiment.key}/{column}".encode()).hexdigest()[:8], 16))
                     start = time.perf_counter()
-                    scores = robust_scores(model, xs, ys, spec, progress=progress,
-                                           desc=f"{experiment.label} {column}", per_example=True)
+                    scores = score_column(model, images, labels, spec, experiment.key, progress=progress,
+                                          desc=f"{experiment.label} {column}")
                     cached = dict(identity, label=experiment.label, accuracy=scores["final"],
                                   accuracy_any_iterate=scores["any_iterate"], seconds=time.perf_counter() - start,
-                                  n=len(ys), correct=bits(scores["correct"]),
+                                  n=scores["n"], correct=bits(scores["correct"]),
                                   correct_any_iterate=bits(scores["correct_any_iterate"]))
                     write_checked_json(path, cached)
                     if progress:
-                        print(f"{experiment.label} {column}: {cached['accuracy']:.2f}% on {len(ys)} images "
+                        print(f"{experiment.label} {column}: {cached['accuracy']:.2f}% on {scores['n']} images "
                               f"({cached['seconds']:.0f} s)", flush=True)
             finally:
                 claim.release()
-        row[column] = {"final": cached["accuracy"], "any_iterate": cached["accuracy_any_iterate"], "n": len(ys)}
+        row[column] = {"final": cached["accuracy"], "any_iterate": cached["accuracy_any_iterate"],
+                       "n": len(subset(images, labels, spec)[1])}
         if per_example:
             row[column].update(correct=from_bits(cached["correct"]),
                                correct_any_iterate=from_bits(cached["correct_any_iterate"]))
     return row
 
 
-def read_cache(path, identity: dict):
+def read_cache(path, identity: dict, quiet: bool = False):
     """A cached evaluation, or None when there is none, or it was damaged or edited, or it belongs to
     another model, column, attack, test set or protocol version than `identity` says (then it is
     recomputed). A folder or a symbolic link in its place is an error (store.check_file), not something
@@ -262,12 +299,14 @@ def read_cache(path, identity: dict):
     try:
         cached = read_checked_json(path)
     except StoreError as e:
-        print(f"warning: {e}; recomputing it")
+        if not quiet:
+            print(f"warning: {e}; recomputing it")
         return None
     wrong = sorted(k for k, v in identity.items() if cached.get(k) != json.loads(json.dumps(v, default=str)))
     if wrong:
-        print(f"warning: {path} is not this evaluation (its {', '.join(wrong)} differ: a file of another model "
-              "or computation); recomputing it")
+        if not quiet:
+            print(f"warning: {path} is not this evaluation (its {', '.join(wrong)} differ: a file of another "
+                  "model or computation); recomputing it")
         return None
     return cached
 

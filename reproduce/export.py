@@ -114,27 +114,76 @@ def load_folder(folder, device=None) -> torch.nn.Module:
     return model.to(resolve_device(device)).eval()
 
 
-def load_model(what: str | Path, *, profile: str | None = None, dataset: str = "cifar10", seed: int = 0,
+def load_model(what: str | Path, *, profile=None, dataset: str | None = None, seed: int = 0,
                objectives: str = "authors", runs_dir=None, device=None, **overrides) -> torch.nn.Module:
-    """A trained model, ready to attack: `what` is a run or export folder, or a table label ("AAML-AT")
-    looked up in the store (runs/ of the checkout unless `runs_dir`) for `profile`, `dataset` and `seed`;
-    `overrides` are the experiment's other settings (e.g. loss_params={"s": 4.0, "m": 0.25} for a
-    Table IV model)."""
+    """A trained model, ready to attack: `what` is a run or export folder (its own dataset and profile),
+    or a table label ("AAML-AT", "ArcFace-AT") looked up in the store (runs/ of the checkout unless
+    `runs_dir`) for `profile` (a name or a config.Profile with its budgets), `dataset` (None: $DATASET,
+    else cifar10) and `seed`; `overrides` are the
+    experiment's other settings (e.g. loss_params={"s": 4.0, "m": 0.25} for a Table IV model, or
+    epochs=1 for a run trained with changed budgets). When the exact run is missing, the error names
+    the runs of that label the store does have (`list_models`)."""
     if Path(what).is_dir():
         return load_folder(what, device)
+    from .config import parse_label
     from .context import start
 
-    if str(what).count("-") != 1:
-        raise ValueError(f"{what!r} is neither a folder nor a table label such as 'AAML-AT' (LOSS-DEFENSE)")
-    loss, defense = str(what).split("-")
+    try:
+        loss, defense = parse_label(what)
+    except ValueError as e:
+        raise ValueError(f"{what!r} is neither a folder nor a table label such as 'AAML-AT' (LOSS-DEFENSE): {e}") \
+            from None
     run = start(profile, dataset, objectives=objectives, device=device, runs_dir=runs_dir, quiet=True)
     experiment = run.experiment(loss, defense, seed, **overrides)
     if not run.finished(experiment):
-        raise FileNotFoundError(f"{what} ({run.profile.name}, {dataset}, seed {seed}) is not trained in "
-                                f"{run.store.root} (looked for {run.store.run_dir(experiment)}); train it with "
-                                f"python -m reproduce train --loss {loss} --defense {defense} --profile "
-                                f"{run.profile.name} --dataset {dataset}")
+        near = [m for m in list_models(run.store.root)
+                if m["label"] == experiment.label and m["status"] == "finished"]
+        found = "".join(f"\n  {m['folder']} ({m['dataset']}, {m['profile']}, seed {m['seed']}"
+                        + "".join(f", {m[k]}" for k in ("budgets", "loss_params") if m[k]) + ")" for m in near)
+        hint = (f"; the store has {len(near)} other {experiment.label} run(s): load one by its folder, or pass its "
+                f"budgets (e.g. epochs=1){found}" if near else
+                f"; train it with python -m reproduce train --loss {loss} --defense {defense} --profile "
+                f"{run.profile.name} --dataset {run.dataset}")
+        raise FileNotFoundError(f"{experiment.label} ({run.profile.name}, {run.dataset}, seed {seed}) is not trained "
+                                f"in {run.store.root} (looked for {run.store.run_dir(experiment).name}){hint}")
     return run.model(experiment)
+
+
+def list_models(runs_dir=None) -> list[dict]:
+    """Every run of the store (runs/ of the checkout unless `runs_dir`), a dict each: label, dataset,
+    profile, the budgets and loss parameters that differ from the profile's, seed, status (finished,
+    diverged, or unfinished), the kept epoch's clean validation accuracy, and the folder."""
+    from .context import default_folder
+
+    root = Path(runs_dir or default_folder("runs"))
+    models = []
+    for config in sorted(root.glob("*/config.json")):
+        folder = config.parent
+        try:
+            experiment = experiment_of(folder)
+            result = read_checked_json(folder / "result.json") if (folder / "result.json").exists() else None
+        except (OSError, ValueError, TypeError, KeyError, RuntimeError) as e:
+            models.append(dict(label="?", dataset="?", profile="?", budgets="", loss_params="", seed=None,
+                               status=f"unreadable ({e})", val_acc=None, folder=str(folder)))
+            continue
+        words = lambda d: ", ".join(f"{k}={v}" for k, v in d.items())  # noqa: E731
+        models.append(dict(label=experiment.label, dataset=experiment.dataset, profile=experiment.profile,
+                           budgets=words(experiment.differences()), loss_params=words(experiment.changed_params),
+                           seed=experiment.seed, status=result["status"] if result else "unfinished",
+                           val_acc=result.get("kept_val_acc") if result else None, folder=str(folder)))
+    return models
+
+
+def format_models(models: list[dict]) -> str:
+    """The store as a table for the terminal (python -m reproduce models)."""
+    if not models:
+        return "no runs"
+    head = ("label", "dataset", "profile", "seed", "status", "val acc", "budgets / loss parameters", "folder")
+    rows = [(m["label"], m["dataset"], m["profile"], str(m["seed"]), m["status"],
+             "-" if m["val_acc"] is None else f"{m['val_acc']:.2f}",
+             "; ".join(x for x in (m["budgets"], m["loss_params"]) if x) or "-", m["folder"]) for m in models]
+    widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head) - 1)]
+    return "\n".join("  ".join(f"{c:{w}s}" for c, w in zip(r, widths)) + "  " + r[-1] for r in [head] + rows)
 
 
 def load_module(path, device=None) -> torch.nn.Module:
@@ -158,50 +207,69 @@ def load_module(path, device=None) -> torch.nn.Module:
     return model.to(device).eval()
 
 
-def table1_row(run, model: torch.nn.Module, experiment: Experiment | None = None) -> dict:
+def table1_row(run, model: torch.nn.Module, experiment: Experiment | None = None, store=None) -> dict:
     """{column: {"accuracy", "low", "high", "any_iterate"}} for every Table I column of the run's
-    profile, on its test images. A model of ours (with `experiment`) uses and fills the store's
-    caches, so a row the table computed is read back; any other module is attacked afresh."""
-    from .evaluation import column_scores, robust_scores
+    profile, on its test images, in the table's order. Every column is seeded by
+    `evaluation.column_seed` from the experiment's key (FOREIGN_KEY for a module of no experiment), so
+    one model gets one row whichever path computes it; with `store` (the run's store) the store's
+    caches are read and filled, as the tables do."""
+    from .evaluation import FOREIGN_KEY, column_scores, score_column
     from .protocol import TABLE1
     from .stats import wilson_interval
 
     x, y = run.test_images()
     model = model.to(run.device).eval()
     specs = TABLE1.specs(run.profile)
-    if experiment is not None:
-        scores = column_scores(experiment, model, x, y, specs, run.store, progress=run.progress)
+    if experiment is not None and store is not None:
+        scores = column_scores(experiment, model, x, y, specs, store, progress=run.progress)
     else:
-        torch.manual_seed(0)
-        scores = {"clean" if s is None else s.column: robust_scores(model, x.to(run.device), y.to(run.device), s,
-                                                                  progress=run.progress, desc=s and s.column)
+        key = FOREIGN_KEY if experiment is None else experiment.key
+        scores = {"clean" if s is None else s.column: score_column(model, x, y, s, key, progress=run.progress,
+                                                                   desc=s and s.column)
                   for s in [None] + specs}
     row = {}
     for column, key in zip(TABLE1.attacks, scores):
-        low, high = wilson_interval(scores[key]["final"], len(y))
+        low, high = wilson_interval(scores[key]["final"], scores[key]["n"])
         row[column.key] = {"accuracy": round(scores[key]["final"], 2), "low": round(low, 2), "high": round(high, 2),
-                           "any_iterate": round(scores[key]["any_iterate"], 2)}
+                           "any_iterate": round(scores[key]["any_iterate"], 2), "n": scores[key]["n"]}
     return row
 
 
-def format_row(row: dict, n: int) -> str:
-    lines = [f"{'column':10s} {'accuracy':>9s}  95% interval ({n} test images)"]
-    lines += [f"{k:10s} {v['accuracy']:8.2f}%  [{v['low']:.2f}, {v['high']:.2f}]" for k, v in row.items()]
+def format_row(row: dict, n: int, profile=None) -> str:
+    """The row as a small table, in Table I's column order, each column under its title (with the
+    profile's restarts where the profile is given)."""
+    from .protocol import TABLE1
+
+    order = [k for k in TABLE1.keys if k in row] + [k for k in row if k not in TABLE1.keys]
+    titles = {k: TABLE1.title_of(k, profile) for k in order}
+    width = max(len(t) for t in titles.values())
+    lines = [f"{'column':{width}s} {'key':9s} {'accuracy':>9s}  95% interval ({n} test images)"]
+    lines += [f"{titles[k]:{width}s} {k:9s} {row[k]['accuracy']:8.2f}%  [{row[k]['low']:.2f}, {row[k]['high']:.2f}]"
+              + (f"  on {row[k]['n']} images" if row[k].get("n", n) != n else "") for k in order]
     return "\n".join(lines)
 
 
 def export(run_dir, out_dir, run=None, data_dir=None) -> Path:
     """Write `out_dir`: model.safetensors and its digest, experiment.json, table1_row.json (every Table I
-    column, measured on the profile's test images, from the store's caches where they are) and
-    MODEL_CARD.md. `run` (the run context) defaults to the run's own profile and dataset, with the data
-    in `data_dir` (default: data/ of the checkout)."""
+    column on the profile's test images, read from the store's caches where they are, computed and
+    cached where they are not, as the table would) and MODEL_CARD.md. `run` (the run context) defaults
+    to the run's own profile and dataset, with the data in `data_dir` (default: data/ of the checkout).
+    The target may not be inside the store nor a folder that holds a run."""
     from .context import Run
-    from .store import write_checked_json
+    from .evaluation import uncached_columns
+    from .protocol import TABLE1
+    from .store import RunStore, write_checked_json
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     experiment = experiment_of(run_dir)
-    if (out_dir.exists() and not out_dir.is_dir()) or run_dir.resolve() == out_dir.resolve():
-        raise ValueError(f"{out_dir} must be a new or existing folder other than the run itself")
+    store = RunStore(run_dir.resolve().parent)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"{out_dir} is a file: give a new or existing folder outside the run store")
+    if out_dir.resolve().is_relative_to(store.root) or store.root.is_relative_to(out_dir.resolve()):
+        raise ValueError(f"{out_dir} is inside the run store {store.root} (or holds it): export to a folder "
+                         "outside it, so no run's files are overwritten")
+    if any((out_dir / name).exists() for name in ("config.json", "result.json", "last.pt", "best.pt")):
+        raise ValueError(f"{out_dir} holds a run of the store: export to a new folder")
     result = read_checked_json(run_dir / "result.json") if (run_dir / "result.json").exists() else None
     if result is None or result["status"] != "finished":
         state = "no result.json" if result is None else result["status"]
@@ -209,21 +277,27 @@ def export(run_dir, out_dir, run=None, data_dir=None) -> Path:
     run = run or Run(experiment.profile, experiment.dataset, experiment.objectives, data_root=data_dir,
                      progress=False)
     model = load_folder(run_dir, run.device)
+    x, y = run.test_images()
+    missing = uncached_columns(experiment, x, TABLE1.specs(run.profile), store)
+    print(f"{experiment.label}: every Table I column from the store's caches ({run_dir.name}/eval)" if not missing
+          else f"{experiment.label}: {', '.join(missing)} not in the store's caches; computing and caching them")
+    row = table1_row(run, model, experiment, store)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_weights(model, out_dir, experiment)
     write_checked_json(out_dir / "experiment.json", {"experiment": asdict(experiment), "key": experiment.key,
                                                      "in_channels": result["in_channels"],
                                                      "num_classes": result["num_classes"]})
-    row = table1_row(run, model, experiment)
     write_checked_json(out_dir / "table1_row.json", {"label": experiment.label, "key": experiment.key,
-                                                     "test_images": len(run.test_images()[1]), "row": row})
-    atomic_write_text(out_dir / "MODEL_CARD.md", model_card(experiment, result, row, len(run.test_images()[1]),
-                                                            _sha256(out_dir / WEIGHTS)))
+                                                     "test_images": len(y), "row": row})
+    atomic_write_text(out_dir / "MODEL_CARD.md", model_card(experiment, result, row, len(y),
+                                                            _sha256(out_dir / WEIGHTS), run.profile))
     return out_dir
 
 
-def model_card(experiment: Experiment, result: dict, row: dict, n: int, digest: str) -> str:
-    columns = " | ".join(row)
+def model_card(experiment: Experiment, result: dict, row: dict, n: int, digest: str, profile=None) -> str:
+    from .protocol import TABLE1
+
+    columns = " | ".join(TABLE1.title_of(k, profile) for k in row)
     values = " | ".join(f"{v['accuracy']:.2f} [{v['low']:.1f}, {v['high']:.1f}]" for v in row.values())
     params = ", ".join(f"{k}={v}" for k, v in experiment.loss_params) or "defaults"
     return f"""# {experiment.label} ({experiment.dataset}, profile {experiment.profile}, seed {experiment.seed})

@@ -3,7 +3,7 @@
 is computed elsewhere (geometry.py, curves.py, tables.py).
 
 Every function takes what to draw and a path, writes a PNG and returns the matplotlib figure.
-Figures from the smoke profile carry a stamp saying so.
+Figures from the smoke profile, or with budgets changed from a profile's, carry a stamp saying so (`stamp`).
 """
 from __future__ import annotations
 
@@ -23,11 +23,17 @@ plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 150, "axes.titlesize": 11
 CLASS_COLORS = plt.get_cmap("tab10")
 
 
-def stamp(fig, profile: str | None) -> None:
-    if profile == "smoke":
-        # top-left corner: clear of the suptitle (centred) and of the legends (bottom)
-        fig.text(0.005, 0.995, "smoke profile: pipeline check, not the paper's numbers", ha="left", va="top",
-                 fontsize=7, color="firebrick", alpha=0.8)
+def stamp(fig, profile) -> None:
+    """Say on the figure what ran where it is not the paper's protocol at its budgets: the smoke profile,
+    and any budget changed from the profile's (`profile` is a config.Profile or a profile's name)."""
+    from .config import Profile, budget_text
+
+    name = profile.name if isinstance(profile, Profile) else profile
+    lines = ["smoke profile: pipeline check, not the paper's numbers"] if name == "smoke" else []
+    if isinstance(profile, Profile) and budget_text(profile):
+        lines.append(f"budgets changed from the {name} profile: {budget_text(profile)}")
+    if lines:  # top-left corner: clear of the suptitle (centred) and of the legends (bottom)
+        fig.text(0.005, 0.995, "\n".join(lines), ha="left", va="top", fontsize=7, color="firebrick", alpha=0.8)
 
 
 def save(fig, path: Path | str | None):
@@ -44,7 +50,7 @@ def class_legend(fig, class_names, title="class", ncol=None):
                bbox_to_anchor=(0.5, -0.02), frameon=False)
 
 
-def scatter_panels(panels: dict, class_names, path=None, ncols: int | None = None, profile: str | None = None,
+def scatter_panels(panels: dict, class_names, path=None, ncols: int | None = None, profile=None,
                    suptitle: str | None = None, colour_title: str = "class", mark=None, point_size: float = 6):
     """One scatter per panel: {title: (xy (n, 2), colour index (n,))}; one shared class legend.
     `mark` maps a title to a boolean mask of points drawn as black crosses (e.g. misclassified)."""
@@ -71,8 +77,10 @@ def scatter_panels(panels: dict, class_names, path=None, ncols: int | None = Non
 
 
 def heatmap(df, path=None, title: str = "", xlabel: str = "", ylabel: str = "", cbar_label: str = "accuracy (%)",
-            profile: str | None = None, ax=None, vmin=None, vmax=None):
-    """Annotated heatmap of a DataFrame (seaborn); missing cells are shown as '-' on grey."""
+            profile=None, ax=None, vmin=None, vmax=None, cbar: bool = True, mark=None, mark_label: str = ""):
+    """Annotated heatmap of a DataFrame (seaborn); missing cells are shown as '-' on grey. `cbar`: draw the
+    colour bar (panels on one scale share one); `mark`: a (row, column) of `df` outlined in red, with
+    `mark_label` under the axes saying what it is."""
     own = ax is None
     if own:
         fig, ax = plt.subplots(figsize=(1.1 * len(df.columns) + 2.2, 0.55 * len(df) + 1.6))
@@ -80,7 +88,12 @@ def heatmap(df, path=None, title: str = "", xlabel: str = "", ylabel: str = "", 
         fig = ax.figure
     values = df.astype(float)
     sns.heatmap(values, ax=ax, mask=values.isna(), annot=True, fmt=".1f", annot_kws={"fontsize": 8},
-                cmap="viridis", vmin=vmin, vmax=vmax, cbar_kws={"label": cbar_label, "shrink": 0.85})
+                cmap="viridis", vmin=vmin, vmax=vmax, cbar=cbar, cbar_kws={"label": cbar_label, "shrink": 0.85})
+    if mark is not None and mark[0] in df.index and mark[1] in df.columns:
+        i, j = list(df.index).index(mark[0]), list(df.columns).index(mark[1])
+        ax.add_patch(plt.Rectangle((j, i), 1, 1, fill=False, edgecolor="red", linewidth=2.5))
+        if mark_label:
+            ax.text(0, -0.18, mark_label, transform=ax.transAxes, color="red", fontsize=8, va="top")
     ax.set_facecolor("lightgrey")
     for i, j in zip(*np.nonzero(values.isna().to_numpy())):
         ax.text(j + 0.5, i + 0.5, "-", ha="center", va="center", fontsize=8)
@@ -92,7 +105,21 @@ def heatmap(df, path=None, title: str = "", xlabel: str = "", ylabel: str = "", 
     return save(fig, path) if own else fig
 
 
-def training_curves(metrics: dict, path=None, profile: str | None = None):
+def table4_heatmap(ours, paper, path=None, title: str = "", profile=None):
+    """Table IV as a heatmap: margins m as rows and scales s as columns, both as numbers, and the paper's
+    most robust (m, s) outlined in red (`ours` and `paper` as tables.wide and Table.paper give them)."""
+    def numbers(df):
+        return df.rename(columns=lambda c: f"{float(str(c).lstrip('s')):g}", index=lambda r: f"{float(r):.2f}")
+
+    ours, paper = numbers(ours), numbers(paper.astype(float))
+    best = paper.stack().idxmax()
+    return heatmap(ours, path, title, xlabel="scale s", ylabel="margin m", cbar_label="PGD-7 accuracy (%)",
+                   profile=profile, mark=best,
+                   mark_label=f"red box: the paper's most robust cell, (m, s) = ({best[0]}, {best[1]}) at "
+                              f"{paper.loc[best]:.2f}%")
+
+
+def training_curves(metrics: dict, path=None, profile=None):
     """Training objective and validation accuracy per epoch, a column per defence and a line per loss:
     {"<loss>-<defence>": [metric records of one seed, ...]}. With several seeds a line is their mean and
     the band one standard deviation (seaborn computes both from the seeds' values)."""
@@ -126,7 +153,7 @@ def _line_with_band(x, *, data, color=None, label=None, **_):
 
 
 def curve_panels(df, x: str, panel: str, hue: str, path=None, x_label: str = "", title: str = "",
-                 profile: str | None = None, log_x: bool = False):
+                 profile=None, log_x: bool = False):
     """Accuracy against a swept value from a long table (columns x, panel, hue, accuracy and, for a
     band, ci_low and ci_high): a panel per value of `panel`, a line per value of `hue`. The bands are
     the intervals in the table (seaborn's own would be bootstrapped from raw observations)."""
@@ -149,7 +176,7 @@ def curve_panels(df, x: str, panel: str, hue: str, path=None, x_label: str = "",
     return save(grid.figure, path)
 
 
-def masking_report(summary, titles: dict, path=None, profile: str | None = None, flagged=()):
+def masking_report(summary, titles: dict, path=None, profile=None, flagged=()):
     """Each model's accuracy under each attack of the masking report, with its 95% interval: a row per
     model, a marker per attack (summary: row, column, mean, ci_low, ci_high). Flagged models in red."""
     models = list(dict.fromkeys(summary["row"]))
@@ -178,15 +205,15 @@ def masking_report(summary, titles: dict, path=None, profile: str | None = None,
     return save(fig, path)
 
 
-def geometry_scatter(df, metrics: dict, y: str, path=None, profile: str | None = None, title: str = ""):
-    """A panel per geometry metric ({column: axis label}) against `y` (an accuracy), a point per model:
-    colour the loss, marker the defence (seaborn)."""
+def geometry_scatter(df, metrics: dict, y: str, path=None, profile=None, title: str = "", y_label: str = ""):
+    """A panel per geometry metric ({column: axis label}) against `y` (an accuracy, labelled `y_label`), a
+    point per model: colour the loss, marker the defence (seaborn)."""
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.4), squeeze=False)
     with sns.axes_style("whitegrid"):
         for ax, (column, label) in zip(axes.flat, metrics.items()):
             sns.scatterplot(df, x=column, y=y, hue="loss", style="defense", ax=ax, s=45,
                             legend=ax is axes.flat[-1])
-            ax.set_xlabel(label), ax.set_ylabel(y)
+            ax.set_xlabel(label), ax.set_ylabel(y_label or y)
             ax.grid(alpha=0.3)
     if axes.flat[-1].get_legend() is not None:
         sns.move_legend(axes.flat[-1], "upper left", bbox_to_anchor=(1.02, 1), frameon=False)

@@ -56,13 +56,20 @@ def fig1_tsne(run, n_points: int = 1000, eps: float = 8 / 255):
             emb, _ = embeddings(model, x, y, spec)
             panels[f"{loss}-UM, {name}"] = (tsne(emb), y.numpy())
     return figures.scatter_panels(panels, run.data.classes, run.out_dir / "fig1_tsne_sm_vs_aaml.png", ncols=2,
-                                  profile=run.profile.name, colour_title="true class",
+                                  profile=run.profile, colour_title="true class",
                                   suptitle=f"t-SNE of the embedding, {len(y)} test images (eps {eps * 255:.0f}/255)")
 
 
-def fig2_tsne_airplane(run, class_index: int = 0, eps: float = 8 / 255):
-    """t-SNE of the embeddings of FGSM images whose true class is `class_index` (airplane on CIFAR-10),
-    one panel per loss, coloured by the predicted class."""
+def fig2_file(classes, class_index: int) -> str:
+    """Fig. 2's file name, naming the class it shows (fig2_tsne_airplane_fgsm.png on CIFAR-10)."""
+    slug = "".join(c if c.isalnum() else "-" for c in classes[class_index].lower()).strip("-")
+    return f"fig2_tsne_{slug}_fgsm.png"
+
+
+def fig2_tsne_class(run, class_index: int = 0, eps: float = 8 / 255):
+    """t-SNE of the embeddings of FGSM images whose true class is `class_index` (the paper's airplane on
+    CIFAR-10, T-shirt/top on Fashion-MNIST), one panel per loss, coloured by the predicted class; the
+    file names the class (`fig2_file`)."""
     data = run.data
     mask = data.y_test == class_index
     x, y = data.x_test[mask], data.y_test[mask]
@@ -72,9 +79,10 @@ def fig2_tsne_airplane(run, class_index: int = 0, eps: float = 8 / 255):
         emb, pred = embeddings(run.model(run.experiment(loss, "UM")), x, y, fgsm)
         still_right = 100 * (pred == class_index).mean()
         panels[f"{loss}-UM ({still_right:.0f}% still {data.classes[class_index]})"] = (tsne(emb), pred)
-    return figures.scatter_panels(panels, data.classes, run.out_dir / "fig2_tsne_airplane_fgsm.png", ncols=5,
-                                  profile=run.profile.name, colour_title="predicted class",
-                                  suptitle=f"FGSM images of true class '{data.classes[class_index]}' "
+    return figures.scatter_panels(panels, data.classes, run.out_dir / fig2_file(data.classes, class_index), ncols=5,
+                                  profile=run.profile, colour_title="predicted class",
+                                  suptitle=f"FGSM (eps {eps * 255:g}/255) images of true class "
+                                           f"'{data.classes[class_index]}' "
                                            f"({len(y)} test images), coloured by prediction")
 
 
@@ -146,7 +154,8 @@ def feature_geometry(run, table1_cells: pd.DataFrame) -> pd.DataFrame:
     clean = df[df["condition"] == "clean"].groupby(["model", "loss", "defense"], sort=False).mean(
         numeric_only=True).reset_index()
     figures.geometry_scatter(clean, {k: f"clean {v}" for k, v in GEOMETRY_METRICS.items()}, "pgd20_accuracy",
-                             run.out_dir / "fig_geometry.png", run.profile.name,
+                             run.out_dir / "fig_geometry.png", run.profile,
+                             y_label="PGD-20 accuracy (%), eps 8/255",
                              title=f"Embedding geometry (clean test images) against PGD-20 accuracy, {len(clean)} "
                                    f"models ({run.dataset})")
     return df

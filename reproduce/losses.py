@@ -361,11 +361,35 @@ LOSSES = {
     "HT-SCE+AB": HTSCEAB,
 }
 PAPER_LOSSES = ("SM", "ConL", "TL", "CenL", "AAML")
+# The names researchers use for the same losses (matched without regard to case, as are the keys of LOSSES).
+LOSS_ALIASES = {
+    "softmax": "SM", "cross-entropy": "SM", "ce": "SM",
+    "contrastive": "ConL", "triplet": "TL", "center": "CenL", "centre": "CenL",
+    "arcface": "AAML", "additive-angular-margin": "AAML", "aam": "AAML",
+    "lmcl": "CosFace", "large-margin-cosine": "CosFace",
+    "htsce": "HT-SCE", "htsce+ab": "HT-SCE+AB", "abcl": "HT-SCE+AB",
+}
+
+
+def loss_name(name: str) -> str:
+    """The registry's name of a loss given by its name or a common alias, in any case ("ArcFace" ->
+    "AAML", "softmax" -> "SM"); anything else is a ValueError that lists the choices."""
+    if name in LOSSES:
+        return name
+    if isinstance(name, str):
+        folded = name.strip().lower().replace("_", "-").replace(" ", "-")
+        for canonical in LOSSES:
+            if canonical.lower() == folded:
+                return canonical
+        if folded in LOSS_ALIASES:
+            return LOSS_ALIASES[folded]
+    aliases = ", ".join(f"{a}={c}" for a, c in LOSS_ALIASES.items())
+    raise ValueError(f"unknown loss {name!r}; choose one of {list(LOSSES)} (also accepted: {aliases})")
 
 
 def loss_parameters(name: str) -> dict:
     """The tunable parameters of a loss and their defaults."""
-    cls = LOSSES[name]
+    cls = LOSSES[loss_name(name)]
     params = {}
     for klass in reversed(cls.__mro__):
         if klass is nn.Module or not issubclass(klass, Loss):
@@ -414,8 +438,7 @@ def _check_range(where: str, name: str, value) -> None:
 def resolve_loss_params(name: str, params: dict) -> tuple:
     """Every parameter of a loss, defaults written out and values in their defaults' types, as sorted
     (name, value) pairs: the form an experiment stores and hashes."""
-    if name not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; choose one of {sorted(LOSSES)}")
+    name = loss_name(name)
     defaults = loss_parameters(name)
     unknown = set(params) - set(defaults)
     if unknown:
@@ -426,14 +449,14 @@ def resolve_loss_params(name: str, params: dict) -> tuple:
 
 def loss_recipe(name: str) -> dict:
     """The training settings a loss brings with it (empty for the paper's losses)."""
-    if name not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; choose one of {sorted(LOSSES)}")
-    return dict(LOSSES[name].RECIPE)
+    return dict(LOSSES[loss_name(name)].RECIPE)
 
 
 def make_loss(name: str, embedding_dim: int, num_classes: int, **params) -> Loss:
-    """The loss `name` for embeddings of `embedding_dim` and `num_classes` classes; every parameter is
-    checked (type and range) and named when it is wrong, before anything is built."""
+    """The loss `name` (a key of LOSSES or an alias: "ArcFace", "softmax", ...; `loss_name`) for embeddings
+    of `embedding_dim` and `num_classes` classes; every parameter is checked (type and range) and named
+    when it is wrong, before anything is built."""
+    name = loss_name(name)
     for what, value in (("embedding_dim", embedding_dim), ("num_classes", num_classes)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"make_loss {what}={value!r}: expected a whole number of at least 1")

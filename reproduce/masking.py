@@ -180,7 +180,7 @@ def masking_report(run) -> tuple[pd.DataFrame, pd.DataFrame]:
                                                      float_format="%.2f")
     (out / "masking_report.md").write_text(markdown(wide, summary, run))
     figures.masking_report(summary[summary["column"].isin(REPORT_COLUMNS)], TITLES, out / "fig_masking_report.png",
-                           profile=run.profile.name, flagged=[m for m in wide.index if reasons[m]])
+                           profile=run.profile, flagged=[m for m in wide.index if reasons[m]])
     return wide, cells
 
 
@@ -249,7 +249,7 @@ def logit_scale_sweep(run) -> pd.DataFrame:
     summary["depends"] = summary["model"].map(depends)
     summary.drop(columns="sd").to_csv(run.out_dir / "logit_scale_sweep.csv", index=False, float_format="%.2f")
     figures.curve_panels(summary, "logit_scale", "defense", "model", run.out_dir / "fig_logit_scale.png", log_x=True,
-                         x_label="attacker's logit scale T (CE of T x logits)", profile=run.profile.name,
+                         x_label="attacker's logit scale T (CE of T x logits)", profile=run.profile,
                          title=f"CE-PGD-20 accuracy against the attacker's logit scale ({run.dataset}; "
                                "band: 95% interval)")
     return summary

@@ -29,12 +29,20 @@ class Column:
     def spec(self, profile: Profile) -> AttackSpec | None:
         return self.attack(profile)
 
+    def title_at(self, profile: Profile | None) -> str:
+        """The title, saying the profile's restarts where they differ from the paper's 20 (20PGD)."""
+        spec = self.spec(profile) if profile is not None else None
+        if spec is not None and spec.restarts > 1 and spec.restarts != PAPER_RESTARTS:
+            return f"{self.title[:-1]}; {spec.restarts} restarts)"
+        return self.title
+
 
 def _pgd(steps: int, restarts: Callable[[Profile], int] = lambda p: 1, label: str = ""):
     return lambda p: AttackSpec("pgd", eps=EPS, step=STEP, steps=steps, random_start=True, restarts=restarts(p),
                                 label=label)
 
 
+PAPER_RESTARTS = 20  # the paper's 20PGD: PGD-20 from 20 random starts
 CLEAN = Column("clean", "Clean", lambda p: None)
 FGSM = Column("fgsm", "FGSM", lambda p: AttackSpec("fgsm", eps=EPS, step=EPS, label="fgsm"))
 BIM7 = Column("bim7", "BIM (7)", lambda p: AttackSpec("bim", eps=EPS, step=STEP, steps=7, label="bim7"))
@@ -151,8 +159,9 @@ class Table:
     def keys(self) -> list[str]:
         return [c.key if isinstance(c, Column) else c for c in self.columns]
 
-    def title_of(self, key: str) -> str:
-        return next((c.title for c in self.columns if isinstance(c, Column) and c.key == key), key)
+    def title_of(self, key: str, profile: Profile | None = None) -> str:
+        """A column's title; with `profile`, as that profile runs it (20PGD's restarts)."""
+        return next((c.title_at(profile) for c in self.columns if isinstance(c, Column) and c.key == key), key)
 
     def paper(self) -> pd.DataFrame:
         """The paper's published numbers (CIFAR-10), indexed like our table (rows as text); columns the

@@ -5,13 +5,17 @@ trains or evaluates is cached in the run store, so a second run continues where 
 """
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 import time
+import uuid
 from pathlib import Path
 
-from .config import default_profile
+from .config import budget_text, changed_budgets, default_dataset, default_profile
 from .context import REPO, start
 from .data import check_dataset
+from .devices import environment
 from .report import git_commit, now, update_manifest
 
 NOTEBOOKS = ("01_losses.ipynb", "02_training.ipynb", "03_white_box.ipynb", "04_black_box.ipynb",
@@ -37,7 +41,23 @@ class NotebookLog:
         pass
 
 
-def run_notebooks(profile: str | None = None, dataset: str = "cifar10", *, device: str | None = None,
+def ipc_kernel_manager():
+    """A kernel manager whose kernels talk over local sockets (IPC), not TCP: nothing listens on a port,
+    and ipykernel has no "running over TCP without encryption" warning to print. The sockets are files
+    in the temporary folder, removed when the kernel shuts down."""
+    from jupyter_client.manager import KernelManager
+    from traitlets import Unicode
+
+    class IPCKernelManager(KernelManager):
+        transport = Unicode("ipc")
+
+        def _ip_default(self):
+            return os.path.join(tempfile.gettempdir(), f"reproduce-kernel-{uuid.uuid4().hex[:12]}")
+
+    return IPCKernelManager
+
+
+def run_notebooks(profile: str | None = None, dataset: str | None = None, *, device: str | None = None,
                   runs_dir=None, data_dir=None, figures_dir=None, notebooks_dir: str | Path | None = None,
                   only: list[str] | None = None, profile_overrides: dict | None = None, objectives: str = "authors",
                   quiet: bool = False) -> int:
@@ -55,6 +75,7 @@ def run_notebooks(profile: str | None = None, dataset: str = "cifar10", *, devic
     if not profile:
         profile, why = default_profile()
         print(f"profile: {profile} ({why})")
+    dataset = dataset or default_dataset()
     try:  # an unknown profile, budget, dataset or objectives fails here, not in a notebook
         run = start(profile, dataset, objectives=objectives, device=device, runs_dir=runs_dir, data_dir=data_dir,
                     figures_dir=figures_dir, budgets=profile_overrides, quiet=True)
@@ -64,11 +85,14 @@ def run_notebooks(profile: str | None = None, dataset: str = "cifar10", *, devic
         return 2
     runs_dir, data_dir, figures_dir = (Path(p).resolve() for p in (run.store.root, run.data_root, run.figures_root))
     notebooks_dir = Path(notebooks_dir or REPO / "notebooks")
-    executed_dir = runs_dir / "notebooks" / f"{dataset}-{profile}{'' if objectives == 'authors' else '-' + objectives}"
+    executed_dir = runs_dir / "notebooks" / run.name
     executed_dir.mkdir(parents=True, exist_ok=True)
     out = run.out_dir
+    if changed_budgets(run.profile):
+        print(f"budgets changed from the {profile} profile ({budget_text(run.profile)}): outputs go to {out}")
     update_manifest(out, profile=profile, dataset=dataset, objectives=objectives, commit=git_commit(),
-                    device=run.device, start_time=now(), end_time=None)
+                    budgets=changed_budgets(run.profile), device=run.device, environment=environment(run.device),
+                    start_time=now(), end_time=None)
     params = dict(profile=profile, dataset=dataset, device=run.device, runs_dir=str(runs_dir),
                   data_dir=str(data_dir), figures_dir=str(figures_dir), profile_overrides=profile_overrides or {},
                   objectives=objectives)
@@ -81,6 +105,7 @@ def run_notebooks(profile: str | None = None, dataset: str = "cifar10", *, devic
             papermill.execute_notebook(str(notebooks_dir / name), str(executed_dir / name), parameters=params,
                                        kernel_name="python3", progress_bar=False, cwd=str(notebooks_dir),
                                        coalesce_streams=True,  # a finished bar's carriage returns collapse
+                                       kernel_manager_class=ipc_kernel_manager(),
                                        stdout_file=None if quiet else NotebookLog(name.split("_")[0]))
         except papermill.PapermillExecutionError as e:
             print(f"FAILED: {name}, cell {e.exec_count or e.cell_index}: {e.ename}: {e.evalue}\n"

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from .config import budget_text, changed_budgets
 from .evaluation import black_box, black_box_checks, cache_identity, cache_name, evaluate_white_box, read_cache
-from .protocol import AUTOATTACK, SURROGATE_SEED_OFFSET, TABLES, Table, autoattack_note
+from .protocol import AUTOATTACK, PAPER_RESTARTS, SURROGATE_SEED_OFFSET, TABLES, PGD20x20, Table, autoattack_note
 from .report import update_manifest
 from .stats import seed_interval
 from .store import write_checked_json
@@ -125,11 +126,12 @@ def interval_note(several_seeds: bool) -> str:
             "seed or another machine would move the cell, which at the smoke profile is often further.")
 
 
-def write_table(cells: pd.DataFrame, table: Table | str, out_dir: Path, dataset: str, notes: list[str] = ()) -> str:
+def write_table(cells: pd.DataFrame, table: Table | str, out_dir: Path, dataset: str, notes: list[str] = (),
+                profile=None) -> str:
     """Write <stem>.csv (the mean of each cell, as the paper's table), <stem>_intervals.csv (mean, sd,
     seeds, test images, 95% interval and the paper's number, a line per cell), <stem>_seeds.csv (with
     several seeds: each seed's accuracy, a line per cell and seed) and <stem>.md; return the Markdown.
-    `table` is a protocol.Table, or its name in TABLES."""
+    `table` is a protocol.Table, or its name in TABLES; `profile` titles the columns as it ran them."""
     table = TABLES[table] if isinstance(table, str) else table
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -147,7 +149,7 @@ def write_table(cells: pd.DataFrame, table: Table | str, out_dir: Path, dataset:
     summary.rename(columns={"row": index_name}).to_csv(out_dir / f"{stem}_intervals.csv", index=False,
                                                        float_format="%.2f")
     md = comparison_markdown(summary, paper, dataset, table.title, notes, index_name,
-                             {k: table.title_of(k) for k in table.keys})
+                             {k: table.title_of(k, profile) for k in table.keys})
     (out_dir / f"{stem}.md").write_text(md)
     return md
 
@@ -256,6 +258,11 @@ def notes(run, table: Table, flags, scoring: str = "final") -> list[str]:
     if any(c is AUTOATTACK for c in table.attacks):
         out.append(autoattack_note(run.profile))
     prof = run.profile
+    if any(c is PGD20x20 for c in table.attacks) and prof.restarts != PAPER_RESTARTS:
+        out.append(f"20PGD: PGD-20 from {prof.restarts} random starts, the {prof.name} profile's restarts (the "
+                   f"paper's: {PAPER_RESTARTS}).")
+    if changed_budgets(prof):
+        out.append(f"Budgets changed from the {prof.name} profile: {budget_text(prof)}.")
     if table.name == "table4" and prof.sweep_epochs and prof.sweep_epochs != prof.epochs:
         out.append(f"Every cell is a model trained for {prof.sweep_epochs} epochs (Table I's: {prof.epochs}; the "
                    f"profile's sweep_epochs), so (0.2, 2) is not Table I's AAML-AT.")
@@ -269,7 +276,8 @@ def write(run, table: Table, cells: pd.DataFrame, flags, scoring: str = "final")
     """Write the table with its notes into the run's output folder, record its sanity flags in the
     manifest, and return its Markdown."""
     update_manifest(run.out_dir, sanity_flags={table.name: flags})
-    return write_table(cells, table, run.out_dir, run.dataset, notes=notes(run, table, flags, scoring))
+    return write_table(cells, table, run.out_dir, run.dataset, notes=notes(run, table, flags, scoring),
+                       profile=run.profile)
 
 
 SCORING_NOTES = {

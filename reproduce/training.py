@@ -19,7 +19,7 @@ from filelock import FileLock, Timeout
 from .attacks import PGD7, AttackSpec
 from .data import DataSplit, load_dataset
 from .defenses import crafting_spec, defense_loss
-from .devices import autocast, compile_model, device_name, how_it_ran, peak_memory_gib, resolve_device
+from .devices import autocast, compile_model, device_name, environment, how_it_ran, peak_memory_gib, resolve_device
 from .export import write_weights
 from .loader import DeviceLoader
 from .models import Classifier, build_model
@@ -145,12 +145,17 @@ def train(experiment, store: RunStore | None = None, *, data: DataSplit | str | 
     if store.is_done(experiment):
         return _from_store(experiment, store, device, compile)
     run_dir = store.run_dir(experiment)
+    unwritable = (f"cannot write the run store {store.root} ({{}}); point --runs (or REPRODUCE_RUNS) at a folder "
+                  "you can write")
+    if store.root.exists() and not store.root.is_dir():
+        raise StoreError(unwritable.format("it is not a folder"))
+    check_file(run_dir / "claim.lock")
+    if not isinstance(data, DataSplit):  # a missing dataset fails here, before the run's folder exists
+        data = data_for(experiment, data)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise StoreError(f"cannot write the run store {store.root} ({e.strerror}); point --runs (or "
-                         f"REPRODUCE_RUNS) at a folder you can write") from None
-    check_file(run_dir / "claim.lock")
+        raise StoreError(unwritable.format(e.strerror)) from None
     claim = FileLock(str(run_dir / "claim.lock"))
     try:
         claim.acquire(timeout=-1 if wait_for_claim else 0)
@@ -159,8 +164,6 @@ def train(experiment, store: RunStore | None = None, *, data: DataSplit | str | 
     try:
         if store.is_done(experiment):  # finished by the process we waited for
             return _from_store(experiment, store, device, compile)
-        if not isinstance(data, DataSplit):
-            data = data_for(experiment, data)
         return _train_claimed(experiment, store, data, device, progress, compile)
     finally:
         claim.release()
@@ -318,7 +321,8 @@ def _finish(experiment, store, model, status: str, kept: dict | None, data, prog
               "train_seconds": sum(m.get("seconds", 0) for m in metrics),
               # what a user compares between machines: where it ran, at how many CPU threads, how fast
               "device": str(device), "device_name": device_name(device), "threads": torch.get_num_threads(),
-              "compiled": how_it_ran(model), "peak_memory_gib": peak_memory_gib(device),
+              "environment": environment(device), "compiled": how_it_ran(model),
+              "peak_memory_gib": peak_memory_gib(device),
               "wall_seconds": sum(m.get("wall_seconds", m.get("seconds", 0)) for m in metrics),
               "images_per_s": sum(m.get("images_per_s", 0) for m in metrics) / max(len(metrics), 1)}
     if status == "diverged":

@@ -22,7 +22,7 @@ FIGURES = ["fig1_tsne_sm_vs_aaml.png", "fig2_tsne_airplane_fgsm.png", "fig_table
 
 
 @pytest.mark.slow
-def test_every_notebook_runs_and_writes_every_output(tmp_path, capsys, monkeypatch):
+def test_every_notebook_runs_and_writes_every_output(tmp_path, capfd, monkeypatch):
     monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernels draw inline, as in Jupyter, not the suite's Agg
     data = tmp_path / "data"
     write_cifar10(data, n_train=300, n_test=100)
@@ -30,9 +30,13 @@ def test_every_notebook_runs_and_writes_every_output(tmp_path, capsys, monkeypat
     rc = run_notebooks("smoke", "cifar10", device="cpu", runs_dir=tmp_path / "runs", data_dir=data,
                        figures_dir=tmp_path / "figures", profile_overrides=TINY)
     assert rc == 0
-    out = tmp_path / "figures" / "cifar10-smoke"
-    # the terminal showed, as they ran, which notebook, model and attack column was at work
-    printed = capsys.readouterr().out
+    # changed budgets never write into the profile's own folder: a folder of their own, named by their digest
+    assert not (tmp_path / "figures" / "cifar10-smoke").exists()
+    (out,) = (tmp_path / "figures").glob("cifar10-smoke-budgets-*")
+    # the terminal showed, as they ran, which notebook, model and attack column was at work, and no kernel
+    # warned of TCP without encryption (the kernels talk over local sockets)
+    printed, errors = capfd.readouterr()
+    assert "without encryption" not in printed + errors
     assert "  [02] [1/20] SM-UM" in printed and "  [02] SM-UM epoch 1:" in printed
     assert "  [03] SM-UM pgd20:" in printed and "  [06] " in printed and "  [01] " in printed
     for name in ("table1", "tables2_3", "table4"):
@@ -72,6 +76,12 @@ def test_every_notebook_runs_and_writes_every_output(tmp_path, capsys, monkeypat
     assert "aa" in t1.columns and "AA: a reduced AutoAttack" in (out / "table1_white_box.md").read_text()
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["profile"] == "smoke" and manifest["dataset"] == "cifar10" and manifest["end_time"]
+    assert manifest["budgets"] == {k: v for k, v in TINY.items() if v is not None}  # None keeps the profile's
+    import torch
+
+    assert manifest["environment"]["torch"] == torch.__version__ and manifest["environment"]["threads"] >= 1
+    md = (out / "table1_white_box.md").read_text()
+    assert "Budgets changed from the smoke profile: width=4, epochs=1" in md and "20PGD (20; 2 restarts)" in md
     assert manifest["objectives"] == "authors"
     assert len(manifest["experiments"]) == 39 and "table1" in manifest["sanity_flags"]  # 20 + 20 - 1 shared
     # near-chance tiny models can score higher under FGSM than clean: the check must flag exactly those rows
@@ -81,7 +91,7 @@ def test_every_notebook_runs_and_writes_every_output(tmp_path, capsys, monkeypat
     assert flagged == set(t1.index[above])
     if flagged:
         assert "CHECK FAILED" in (out / "table1_white_box.md").read_text()
-    executed = tmp_path / "runs" / "notebooks" / "cifar10-smoke"
+    executed = tmp_path / "runs" / "notebooks" / out.name
     assert sorted(p.name for p in executed.glob("*.ipynb")) == sorted(NOTEBOOKS)
     for path in executed.glob("*.ipynb"):  # every bar erased itself: none left frozen in the saved outputs
         assert not progress_bars(nbformat.read(path, as_version=4)), path.name

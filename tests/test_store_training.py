@@ -32,7 +32,7 @@ def test_experiment_hash_is_stable_and_sensitive():
 
 def test_bad_input_is_rejected_before_compute():
     with pytest.raises(ValueError, match="unknown loss"):
-        tiny("Softmax")
+        tiny("Softmaxx")  # "Softmax" itself is an alias of SM (losses.loss_name)
     with pytest.raises(ValueError, match="unknown defense"):
         tiny(defense="TRADES")
     with pytest.raises(ValueError, match="no parameter"):
