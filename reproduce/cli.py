@@ -317,7 +317,8 @@ def cmd_set_repository(args) -> int:
     return 0
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: every sub-command with its description, every flag with its help."""
     from . import __version__
 
     parser = argparse.ArgumentParser(prog="python -m reproduce", description=__doc__,
@@ -428,7 +429,11 @@ def main(argv=None) -> int:
                                                 "checkout)")
     p.set_defaults(func=cmd_models, profile=None)
 
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except (ValueError, RuntimeError, OSError) as e:  # one line, never a traceback, for what a user can fix
