@@ -4,7 +4,11 @@
     run = start("smoke", "fashion-mnist")        # the run context: profile, dataset, store, device, folders
     cells, flags = tables.compute(run, TABLE1)   # Table I from the store (train first: notebook 02)
     model = load_model("AAML-AT", profile="smoke", dataset="fashion-mnist")  # a trained model
+
+The names below are imported on first use, so `import reproduce.colab` (the notebooks' first cell, before
+Colab has this package's requirements) needs nothing beyond the standard library.
 """
+from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
 
 try:
@@ -12,19 +16,31 @@ try:
 except PackageNotFoundError:  # a checkout on the path, not installed
     __version__ = "0+checkout"
 
-from . import tables
-from .attacks import AttackSpec, attack
-from .config import PROFILES, Experiment, get_profile, make_experiment
-from .context import Run, start
-from .data import DatasetMissing, load_dataset
-from .export import load_model
-from .losses import LOSSES, make_loss
-from .models import Classifier, ResNet18, SmallCNN, build_model
-from .protocol import TABLE1, TABLE2, TABLE3, TABLE4, TABLES
-from .store import CheckpointError, RunStore
-from .training import train
+# name -> the module that defines it
+_EXPORTS = {
+    "AttackSpec": "attacks", "attack": "attacks",
+    "PROFILES": "config", "Experiment": "config", "get_profile": "config", "make_experiment": "config",
+    "Run": "context", "start": "context",
+    "DatasetMissing": "data", "load_dataset": "data",
+    "load_model": "export", "list_models": "export",
+    "LOSSES": "losses", "make_loss": "losses",
+    "Classifier": "models", "ResNet18": "models", "SmallCNN": "models", "build_model": "models",
+    "TABLE1": "protocol", "TABLE2": "protocol", "TABLE3": "protocol", "TABLE4": "protocol", "TABLES": "protocol",
+    "CheckpointError": "store", "RunStore": "store",
+    "train": "training",
+}
+__all__ = [*_EXPORTS, "tables", "__version__"]
 
-__all__ = ["AttackSpec", "attack", "PROFILES", "Experiment", "get_profile", "make_experiment", "Run", "start",
-           "DatasetMissing", "load_dataset", "LOSSES", "make_loss", "Classifier", "ResNet18", "SmallCNN",
-           "build_model", "TABLE1", "TABLE2", "TABLE3", "TABLE4", "TABLES", "CheckpointError", "RunStore",
-           "train", "tables", "load_model", "__version__"]
+
+def __getattr__(name: str):
+    if name == "tables":
+        return import_module(".tables", __name__)
+    if name in _EXPORTS:
+        value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value  # later look-ups skip this function
+        return value
+    raise AttributeError(f"module 'reproduce' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

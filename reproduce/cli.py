@@ -326,20 +326,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    class Sub:  # every sub-command: its one-line help is also its description, its epilog kept as written
-        @staticmethod
-        def add_parser(name, help):
-            return sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".",
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        """A sub-command whose one-line help is also its description (its epilog is kept as written)."""
+        return sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".",
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
 
-    p = Sub.add_parser("run", help="run every notebook in order (make reproduce)")
+    p = command("run", help="run every notebook in order (make reproduce)")
     _common(p)
     p.add_argument("--figures", default=None, help="where tables and figures go (default: figures/ of the checkout)")
     p.add_argument("--only", nargs="*", help="run only these notebooks (e.g. 03 04)")
     _budget_option(p)
     p.set_defaults(func=cmd_run)
 
-    p = Sub.add_parser("train", help="train one experiment")
+    p = command("train", help="train one experiment")
     _common(p)
     p.add_argument("--loss", default="SM", type=loss_name, metavar="LOSS",
                    help=f"one of {', '.join(LOSSES)} (the paper's five, then the ABCL losses) or a common name "
@@ -357,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     _budget_option(p)
     p.set_defaults(func=cmd_train)
 
-    p = Sub.add_parser("grid", help="train every experiment a table needs")
+    p = command("grid", help="train every experiment a table needs")
     _common(p)
     p.add_argument("--table", required=True, choices=list(TABLES), help="the table whose models to train")
     p.add_argument("--only", nargs="*", help="only the models with these labels, e.g. SM-UM AAML-AT")
@@ -373,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     _budget_option(p)
     p.set_defaults(func=cmd_grid)
 
-    p = Sub.add_parser("table1", help="Table I for some or all of its models")
+    p = command("table1", help="Table I for some or all of its models")
     _common(p)
     p.add_argument("--only", nargs="*", help="model labels, e.g. SM-UM AAML-AT (default: all 15)")
     p.add_argument("--train", action="store_true", help="train the models the store does not have yet")
@@ -384,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="figures/table1", help="where the table goes (default figures/table1)")
     p.set_defaults(func=cmd_table1)
 
-    p = Sub.add_parser("bench", help="benchmarks of each speed lever")
+    p = command("bench", help="benchmarks of each speed lever")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     p.add_argument("--json", default=None, help="also write the results as JSON here")
     p.add_argument("--smoke", action="store_true", help="smallest sizes: checks that it runs, not timings")
@@ -392,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also torch.compile against eager: a training epoch and PGD-20, with the compile time")
     p.set_defaults(func=cmd_bench, profile=None)
 
-    p = Sub.add_parser("plan", help="estimated device time of a profile")
+    p = command("plan", help="estimated device time of a profile")
     p.add_argument("--profile", default=None, help="smoke | colab | quick | paper (default: as for run)")
     p.add_argument("--dataset", default=None, choices=DATASETS, help="the dataset (default: $DATASET, else cifar10)")
     p.add_argument("--bench", default=None, help="JSON written by `bench --json` on the target device")
@@ -401,11 +400,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hours", type=float, default=2.0, help="the budget to compare with (default 2)")
     p.set_defaults(func=cmd_plan)
 
-    p = Sub.add_parser("set-repository", help="the repository's URL, for the Colab cells, badges and install line")
+    p = command("set-repository", help="the repository's URL, for the Colab cells, badges and install line")
     p.add_argument("url", help="e.g. https://github.com/you/repo")
     p.set_defaults(func=cmd_set_repository, profile=None)
 
-    p = Sub.add_parser("export", help="a trained run as weights, experiment, Table I row and model card")
+    p = command("export", help="a trained run as weights, experiment, Table I row and model card")
     p.add_argument("run_dir", help="a run folder of the store, e.g. runs/fashion-mnist-smoke-AAML-AT-963f71ce02a5")
     p.add_argument("out_dir", help="the folder to write (created if missing)")
     p.add_argument("--data", default=None, help="dataset folder (default: $REPRODUCE_DATA, else data/ of the "
@@ -413,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_export, profile=None)
 
-    p = Sub.add_parser("evaluate", help="every Table I column on one model")
+    p = command("evaluate", help="every Table I column on one model")
     p.add_argument("model", help="a run or export folder of ours, a table label (e.g. AAML-AT, looked up in the "
                                  "store), or a .pt file holding a TorchScript or pickled torch.nn.Module that maps "
                                  "images in [0, 1] to logits")
@@ -423,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="also write the row as CSV here")
     p.set_defaults(func=cmd_evaluate)
 
-    p = Sub.add_parser("models", help="every run of the store: label, dataset, profile, changed budgets, seed, "
+    p = command("models", help="every run of the store: label, dataset, profile, changed budgets, seed, "
                                       "status, clean validation accuracy and folder")
     p.add_argument("--runs", default=None, help="run store folder (default: $REPRODUCE_RUNS, else runs/ of the "
                                                 "checkout)")

@@ -1,4 +1,5 @@
-"""The first cell of every notebook: in Colab it clones this repository and installs what Colab lacks.
+"""The first cell of every notebook: in Colab it clones this repository, then `setup` (here, in the
+clone) installs what Colab lacks and sets the folders.
 
 The repository's URL lives in one place, `pyproject.toml` ([project.urls] Repository);
 `python -m reproduce set-repository URL` writes it there and into every notebook's first cell, the
@@ -11,43 +12,56 @@ import re
 from pathlib import Path
 
 PLACEHOLDER = "https://github.com/OWNER/REPO"
+# What a repository URL may be: https, ssh (git@host:path or ssh://) or a local path / file:// URL, made of
+# the characters such URLs use. No quote, backslash or space can reach a notebook's code or the TOML.
+GIT_URL = re.compile(r"(https://|ssh://|git@|file://|/)[A-Za-z0-9._~:/@+%-]+")
 
-FIRST_CELL = '''# Colab: clone the repository and install what Colab lacks; elsewhere this cell does nothing.
-# If it asks for the repository's URL, paste it into REPOSITORY (the form field) and run it again.
-REPOSITORY = "{url}"  # @param {{type:"string"}}
-KEEP_ON_DRIVE = False  # @param {{type:"boolean"}} runs/ and figures/ on Google Drive: a new runtime finds them
+# Six lines, the same in every notebook (tested); everything else they need is `setup`, in the clone.
+FIRST_CELL = """REPOSITORY = {url}  # @param {{type:"string"}} Colab clones it; elsewhere this cell does nothing
+KEEP_ON_DRIVE = False  # @param {{type:"boolean"}} runs/ and figures/ on Google Drive, found by the next runtime
+import os, subprocess, sys; IN_COLAB = "google.colab" in sys.modules and not os.path.isfile("../reproduce/__init__.py")
+if IN_COLAB and "OWNER/REPO" in REPOSITORY: raise RuntimeError("REPOSITORY is unset: paste this repository's Git URL above, then run this cell again.")
+if IN_COLAB and not os.path.isdir("reproduction"): subprocess.run(["git", "clone", "-q", REPOSITORY, "reproduction"], check=True)
+if IN_COLAB: sys.path.insert(0, os.path.abspath("reproduction")); from reproduce.colab import setup; setup(KEEP_ON_DRIVE)"""
+
 DRIVE = "/content/drive"
-import os, subprocess, sys
-if "google.colab" in sys.modules and not os.path.isfile("../reproduce/__init__.py"):
-    if "OWNER/REPO" in REPOSITORY:
-        raise RuntimeError("The repository URL is unset: paste this repository's Git URL into REPOSITORY above "
-                           "(e.g. https://github.com/you/repo) and run this cell again.")
-    if KEEP_ON_DRIVE:
-        from google.colab import drive
-        drive.mount(DRIVE)
-        for name in ("runs", "figures"):  # read by reproduce.start
-            os.environ[f"REPRODUCE_{{name.upper()}}"] = f"{{DRIVE}}/MyDrive/discriminative-robustness/{{name}}"
-    if not os.path.isdir("reproduction/.git"):
-        clone = subprocess.run(["git", "clone", "-q", REPOSITORY, "reproduction"], capture_output=True, text=True)
-        if clone.returncode:
-            raise RuntimeError(f"git clone {{REPOSITORY}} failed:\\n{{clone.stderr}}")
-    import tomllib  # what the package and its notebooks need; Colab's own packages are never downgraded
-    project = tomllib.load(open("reproduction/pyproject.toml", "rb"))["project"]
+
+
+def setup(keep_on_drive: bool = False, drive: str = DRIVE) -> None:
+    """What the first cell leaves to the clone, in Colab: install what the package and its notebooks need
+    (ranges, so nothing Colab has is downgraded; a failed install prints pip's output and stops), put
+    runs/ and figures/ on Google Drive when asked (read by `reproduce.start`), and move into the clone's
+    notebooks/ so that the package imports from the clone in this kernel, without a restart."""
+    import importlib
+    import os
+    import subprocess
+    import sys
+    import tomllib
+
+    clone = Path(__file__).resolve().parent.parent
+    project = tomllib.loads((clone / "pyproject.toml").read_text())["project"]
     needs = project["dependencies"] + project["optional-dependencies"]["notebooks"]
     pip = subprocess.run([sys.executable, "-m", "pip", "install", *needs], capture_output=True, text=True)
     if pip.returncode:
-        print(pip.stdout[-4000:], pip.stderr[-4000:], sep="\\n")
+        print(pip.stdout[-4000:], pip.stderr[-4000:], sep="\n")
         raise RuntimeError("pip install failed; its output is above")
-    # the package from the clone, importable in this kernel (an install would need a restart)
-    sys.path.insert(0, os.path.abspath("reproduction"))
-    os.chdir("reproduction/notebooks")'''
+    importlib.invalidate_caches()  # what pip just installed imports in this kernel
+    if keep_on_drive:
+        from google.colab import drive as google_drive
+
+        google_drive.mount(drive)
+        for name in ("runs", "figures"):
+            os.environ[f"REPRODUCE_{name.upper()}"] = f"{drive}/MyDrive/discriminative-robustness/{name}"
+    os.chdir(clone / "notebooks")
+
 
 # Colab opens the notebooks on a GPU runtime (a T4 on the free tier).
 COLAB_METADATA = {"accelerator": "GPU", "colab": {"gpuType": "T4", "provenance": []}}
 
 
 def first_cell(url: str) -> str:
-    return FIRST_CELL.format(url=url)
+    """The notebooks' first cell for `url`, written as a string literal (json.dumps: quoted and escaped)."""
+    return FIRST_CELL.format(url=json.dumps(url))
 
 
 def repository_url(root: Path) -> str:
@@ -60,8 +74,9 @@ def repository_url(root: Path) -> str:
 def set_repository(url: str, root: Path) -> list[Path]:
     """Write `url` into pyproject.toml, every notebook's first cell, the README and CITATION.cff; returns
     the files written."""
-    if not re.fullmatch(r"(https://|git@|file://|/)\S+", url):
-        raise ValueError(f"not a Git URL: {url!r} (e.g. https://github.com/you/repo)")
+    if not GIT_URL.fullmatch(url):
+        raise ValueError(f"not a Git URL: {url!r} (e.g. https://github.com/you/repo; letters, digits and ._~:/@+%- "
+                         "only)")
     url = url.removesuffix(".git").rstrip("/")
     root = Path(root)
     old = repository_url(root)

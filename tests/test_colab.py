@@ -16,9 +16,32 @@ def test_every_notebook_carries_the_one_repository_url_and_asks_for_a_gpu():
     for name in NOTEBOOKS:
         nb = nbformat.read(REPO / "notebooks" / name, as_version=4)
         assert nb.cells[1].source == first_cell(url), name
+        assert len(nb.cells[1].source.splitlines()) <= 6, name  # its logic lives once, in reproduce.colab
         assert nb.metadata["accelerator"] == "GPU" and nb.metadata["colab"]["gpuType"] == "T4", name
     readme = (REPO / "README.md").read_text()
     assert f"pip install git+{url}" in readme
+
+
+def test_set_repository_writes_no_code_and_refuses_what_is_not_a_url(tmp_path):
+    for part in ("notebooks", "README.md", "pyproject.toml", "CITATION.cff"):
+        (shutil.copytree if part == "notebooks" else shutil.copy)(REPO / part, tmp_path / part)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    hostile = ['https://x/a"; import os; os.system("touch PWNED"); "', "https://x/a\\", "https://x/a b",
+               "https://x/a'+__import__('os').system('id')+'", "https://x/a\nimport os", "", "javascript:alert(1)"]
+    for url in hostile:
+        with pytest.raises(ValueError, match="not a Git URL"):
+            set_repository(url, tmp_path)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before  # nothing written
+    # what it accepts is written as a string literal: the cell compiles and holds exactly the URL
+    url = "git@github.com:someone/repo-name_2.0"
+    set_repository(url, tmp_path)
+    source = nbformat.read(tmp_path / "notebooks" / NOTEBOOKS[0], as_version=4).cells[1].source
+    namespace = {}
+    exec(compile(source.splitlines()[0], "cell", "exec"), namespace)  # the REPOSITORY line alone
+    assert namespace["REPOSITORY"] == url
+    import tomllib
+
+    assert tomllib.loads((tmp_path / "pyproject.toml").read_text())["project"]["urls"]["Repository"] == url
 
 
 def test_set_repository_rewrites_every_place(tmp_path):
@@ -90,9 +113,26 @@ def test_first_cell_clones_installs_and_imports_in_the_same_kernel(tmp_path, col
 
 def test_first_cell_fails_loudly(tmp_path, colab_kernel):
     status, _, error = colab_kernel.run(first_cell(PLACEHOLDER))
-    assert status == "error" and "repository URL is unset" in error
+    assert status == "error" and "REPOSITORY is unset: paste this repository's Git URL above" in error
+    assert not (tmp_path / "reproduction").exists()  # stopped before cloning anything
     status, _, error = colab_kernel.run(first_cell(str(tmp_path / "no-such-repository")))
-    assert status == "error" and "git clone" in error and "failed" in error
+    assert status == "error" and "CalledProcessError" in error and "'git', 'clone'" in error
+
+
+def test_a_failing_install_shows_pips_output(tmp_path, colab_kernel):
+    """setup() of a clone whose requirements cannot be installed stops with pip's own words above."""
+    clone = tmp_path / "clone"
+    (clone / "reproduce").mkdir(parents=True)
+    (clone / "notebooks").mkdir()
+    shutil.copy(REPO / "reproduce" / "colab.py", clone / "reproduce" / "colab.py")
+    (clone / "reproduce" / "__init__.py").write_text("")
+    (clone / "pyproject.toml").write_text('[project]\nname = "x"\nversion = "0"\ndependencies = '
+                                          '["no-such-package-of-this-name>=1"]\n[project.optional-dependencies]\n'
+                                          'notebooks = []\n')
+    status, out, error = colab_kernel.run(f"import sys; sys.path.insert(0, {str(clone)!r})\n"
+                                          "from reproduce.colab import setup; setup()", timeout=600)
+    assert status == "error" and "pip install failed; its output is above" in error
+    assert "no-such-package-of-this-name" in out
 
 
 def test_first_cell_does_nothing_outside_colab(tmp_path):
@@ -122,7 +162,7 @@ def test_keep_on_drive_puts_the_store_on_drive(tmp_path, colab_kernel):
     assert colab_kernel.run(FAKE_DRIVE)[0] == "ok"
     drive = tmp_path / "drive"
     cell = first_cell(str(REPO)).replace("KEEP_ON_DRIVE = False", "KEEP_ON_DRIVE = True") \
-        .replace('DRIVE = "/content/drive"', f'DRIVE = "{drive}"')
+        .replace("setup(KEEP_ON_DRIVE)", f"setup(KEEP_ON_DRIVE, drive={str(drive)!r})")
     status, _, error = colab_kernel.run(cell)
     assert status == "ok", error
     status, out, error = colab_kernel.run("from reproduce import start\n"

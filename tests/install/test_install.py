@@ -47,10 +47,26 @@ def test_core_install_in_an_empty_environment(tmp_path):
     assert "attack ok" in ran.stdout and str(tmp_path / "env") in ran.stdout  # the installed copy, not the checkout
 
 
+def test_requirements_txt_gives_a_working_notebooks_install(tmp_path):
+    """What the README's `pip install -r requirements.txt` gives in a new environment: the package and what
+    its notebooks import, with nothing broken."""
+    venv.create(tmp_path / "env", with_pip=True)
+    python = tmp_path / "env" / "bin" / "python"
+    installed = pip(python, "install", "-q", "-r", "requirements.txt", cwd=REPO)
+    assert installed.returncode == 0, installed.stderr[-3000:]
+    assert pip(python, "check").returncode == 0
+    code = ("import matplotlib, papermill, seaborn, sklearn, reproduce\n"
+            "from reproduce import figures, start\n"
+            "print('notebooks ok', reproduce.__file__)")
+    ran = subprocess.run([str(python), "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert str(REPO / "reproduce") in ran.stdout  # the checkout's package, editable, as the notebooks use it
+
+
 def dry_run(tmp_path, *requirements):
     report = tmp_path / "report.json"
     done = pip(sys.executable, "install", "--dry-run", "--ignore-installed", "--quiet", "--report", str(report),
-               "-c", str(PINS), *requirements)
+               "-c", str(PINS), *requirements, cwd=REPO)
     return done, (json.loads(report.read_text())["install"] if done.returncode == 0 else None)
 
 
@@ -68,6 +84,16 @@ def test_the_notebooks_install_changes_nothing_colab_has(tmp_path):
         if name in pins:
             assert version == pins[name], name
     assert "torchattacks" not in versions and "discriminative-robustness" in versions
+
+
+def test_requirements_txt_changes_nothing_colab_has(tmp_path):
+    done, report = dry_run(tmp_path, "-r", str(REPO / "requirements.txt"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    pins = pinned()
+    for p in report:
+        name = p["metadata"]["name"].lower().replace("_", "-")
+        if name in pins:
+            assert p["metadata"]["version"] == pins[name], name
 
 
 def test_the_check_catches_a_downgrade(tmp_path):
