@@ -16,11 +16,11 @@ import torch
 from . import figures
 from .attacks import AttackSpec
 from .evaluation import evaluate_columns
-from .executors import train_all
 from .geometry import embeddings, sample, tsne
 from .losses import loss_recipe
 from .protocol import APPENDIX_COLUMNS
 from .stats import wilson_interval
+from .training import train_all
 
 # MNIST strengths are not given in the appendix: the usual MNIST L-inf budget, and an L2 budget
 # of the same visual order.

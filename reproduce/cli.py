@@ -145,9 +145,9 @@ def cmd_table1(args) -> int:
     from pathlib import Path
 
     from . import claims
-    from .executors import train_all
     from .protocol import TABLE1
     from .tables import compute, notes, write_table
+    from .training import train_all
 
     run = _run(args)
     chosen = _chosen(TABLE1.experiments(run), args.only, "Table I")

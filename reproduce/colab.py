@@ -36,6 +36,7 @@ def setup(keep_on_drive: bool = False, drive: str = DRIVE) -> None:
     import os
     import subprocess
     import sys
+
     import tomllib
 
     clone = Path(__file__).resolve().parent.parent

@@ -18,30 +18,9 @@ from pathlib import Path
 import torch
 
 from .store import RunStore
-from .training import train
+from .training import train, train_all
 
 EXECUTORS = ("none", "local", "slurm")
-
-
-def train_all(run, experiments) -> dict:
-    """Train whatever is not in the store yet, in order, in this process; a diverged run is recorded
-    and the grid goes on. Returns {experiment: TrainedRun}. Each dataset is loaded once; every
-    experiment takes its own slice of it."""
-    datasets, runs = {}, {}
-    for i, exp in enumerate(experiments):
-        done = run.store.is_done(exp)
-        if run.progress:
-            state = "in store" if done else "training"
-            print(f"[{i + 1}/{len(experiments)}] {exp.label} {exp.changed_params or ''} seed {exp.seed} ({state}) "
-                  f"-> {run.store.run_dir(exp)}")
-        data = run.data_root
-        if not done:
-            if exp.dataset not in datasets:
-                datasets[exp.dataset] = run.data if exp.dataset == run.dataset else run.on(exp.dataset).data
-            data = datasets[exp.dataset]
-        runs[exp] = train(exp, run.store, data=data, device=run.device, progress=run.progress,
-                          compile=run.profile.compile)
-    return runs
 
 
 def _worker(run, experiments, offset: int, threads: int | None = None) -> list[str]:

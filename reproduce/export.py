@@ -12,60 +12,21 @@ Weights are written as safetensors (`model.safetensors`: tensors only, so openin
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from .config import Experiment
-from .store import CheckpointError, atomic_write_text, check_file, load_checkpoint, read_checked_json
-
-WEIGHTS = "model.safetensors"
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def write_weights(model: torch.nn.Module, folder: Path, experiment: Experiment) -> Path:
-    """`folder`/model.safetensors (the state dict, on the CPU, with the experiment's key and label as
-    metadata) and its digest beside it. Written to a temporary name and moved, so a kill leaves either
-    the old pair or the new one."""
-    from safetensors.torch import save_file
-
-    folder = Path(folder)
-    path = folder / WEIGHTS
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = folder / (WEIGHTS + ".tmp")
-    save_file(state, str(tmp), metadata={"key": experiment.key, "label": experiment.label,
-                                         "experiment": json.dumps(asdict(experiment), default=str)})
-    digest = _sha256(tmp)
-    tmp.replace(path)
-    atomic_write_text(folder / (WEIGHTS + ".sha256"), f"{digest}  {WEIGHTS}\n")
-    return path
-
-
-def read_weights(folder: Path, key: str | None = None) -> dict:
-    """The state dict of `folder`/model.safetensors after checking its digest (and, with `key`, that it
-    is that experiment's)."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    path = Path(folder) / WEIGHTS
-    check_file(path)
-    digest_file = Path(folder) / (WEIGHTS + ".sha256")
-    if not digest_file.exists():
-        raise CheckpointError(f"{path} has no digest beside it ({digest_file.name}); export the run again")
-    if digest_file.read_text().split()[0] != _sha256(path):
-        raise CheckpointError(f"{path} does not match its SHA-256 ({digest_file.name}): damaged or edited")
-    if key is not None:
-        with safe_open(str(path), framework="pt") as f:
-            found = (f.metadata() or {}).get("key")
-        if found != key:
-            raise CheckpointError(f"{path} belongs to experiment {found}, not {key}")
-    return load_file(str(path))
+from .store import (
+    WEIGHTS,
+    atomic_write_text,
+    load_checkpoint,
+    read_checked_json,
+    read_weights,
+    sha256_of,
+    write_weights,
+)
 
 
 def experiment_of(folder: Path) -> Experiment:
@@ -290,7 +251,7 @@ def export(run_dir, out_dir, run=None, data_dir=None) -> Path:
     write_checked_json(out_dir / "table1_row.json", {"label": experiment.label, "key": experiment.key,
                                                      "test_images": len(y), "row": row})
     atomic_write_text(out_dir / "MODEL_CARD.md", model_card(experiment, result, row, len(y),
-                                                            _sha256(out_dir / WEIGHTS), run.profile))
+                                                            sha256_of(out_dir / WEIGHTS), run.profile))
     return out_dir
 
 

@@ -1,7 +1,8 @@
 """Where runs live: one directory per experiment, atomic writes, verified files.
 
 A run directory holds config.json, last.pt / best.pt, metrics.jsonl (one line per epoch), result.json
-(written once training ends) and eval/*.json. Every file is written to a temporary file and renamed, so
+(written once training ends), the kept weights as model.safetensors with their SHA-256 beside them, and
+eval/*.json. Every file is written to a temporary file and renamed, so
 a kill leaves the old file or the new one, never half of one. Each file carries the SHA-256 of its
 content (a checkpoint in its first line, a JSON file inside it, metrics.jsonl on every line): a file and
 its digest are one write, so they cannot disagree after a kill, and a damaged or edited file is caught
@@ -201,6 +202,67 @@ def load_checkpoint(path: Path, map_location="cpu", key: str | None = None) -> d
                               f"copied from another run, or written before checkpoints carried their key); delete "
                               f"the run directory {path.parent} to retrain it")
     return state
+
+
+# ---------------------------------------------------------------- kept weights, for plain PyTorch users
+
+WEIGHTS = "model.safetensors"
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def write_weights(model: torch.nn.Module, folder: Path, experiment) -> Path:
+    """`folder`/model.safetensors (the state dict, on the CPU, with the experiment, its key and label as
+    metadata: `weights_metadata`) and its digest beside it. Written to a temporary name and moved, so a
+    kill leaves either the old pair or the new one."""
+    from dataclasses import asdict
+
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    path = folder / WEIGHTS
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tmp = folder / (WEIGHTS + ".tmp")
+    # One metadata entry (safetensors keeps metadata in a hash map whose order varies between writes): the
+    # same weights give the same bytes, so a digest identifies them.
+    about = {"key": experiment.key, "label": experiment.label, "experiment": asdict(experiment)}
+    save_file(state, str(tmp), metadata={"reproduce": json.dumps(about, sort_keys=True, default=str)})
+    digest = sha256_of(tmp)
+    tmp.replace(path)
+    atomic_write_text(folder / (WEIGHTS + ".sha256"), f"{digest}  {WEIGHTS}\n")
+    return path
+
+
+def weights_metadata(path: Path) -> dict:
+    """{"key", "label", "experiment"} that write_weights put in a model.safetensors ({} if none)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata() or {}
+    if "reproduce" in metadata:
+        return json.loads(metadata["reproduce"])
+    return {k: metadata[k] for k in ("key", "label") if k in metadata}  # written before 0.3.0
+
+
+def read_weights(folder: Path, key: str | None = None) -> dict:
+    """The state dict of `folder`/model.safetensors after checking its digest (and, with `key`, that it
+    is that experiment's)."""
+    from safetensors.torch import load_file
+
+    path = Path(folder) / WEIGHTS
+    check_file(path)
+    digest_file = Path(folder) / (WEIGHTS + ".sha256")
+    if not digest_file.exists():
+        raise CheckpointError(f"{path} has no digest beside it ({digest_file.name}); export the run again")
+    if digest_file.read_text().split()[0] != sha256_of(path):
+        raise CheckpointError(f"{path} does not match its SHA-256 ({digest_file.name}): damaged or edited")
+    if key is not None:
+        found = weights_metadata(path).get("key")
+        if found != key:
+            raise CheckpointError(f"{path} belongs to experiment {found}, not {key}")
+    return load_file(str(path))
 
 
 class RunStore:

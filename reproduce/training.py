@@ -20,7 +20,6 @@ from .attacks import PGD7, AttackSpec
 from .data import DataSplit, load_dataset
 from .defenses import crafting_spec, defense_loss
 from .devices import autocast, compile_model, device_name, environment, how_it_ran, peak_memory_gib, resolve_device
-from .export import write_weights
 from .loader import DeviceLoader
 from .models import Classifier, build_model
 from .progress import bar as progress_bar
@@ -35,6 +34,7 @@ from .store import (
     remove_temporary_files,
     save_checkpoint,
     write_checked_json,
+    write_weights,
 )
 
 
@@ -124,6 +124,27 @@ def _from_store(experiment, store, device, compile: bool) -> TrainedRun:
     result = store.result(experiment)
     model = load_trained(experiment, store, device, compile=compile) if result["status"] == "finished" else None
     return TrainedRun(experiment, model, result, store.run_dir(experiment))
+
+
+def train_all(run, experiments) -> dict:
+    """Train whatever is not in the store yet, in order, in this process; a diverged run is recorded
+    and the grid goes on. Returns {experiment: TrainedRun}. Each dataset is loaded once; every
+    experiment takes its own slice of it. `run` is the run context (context.Run): store, data, device."""
+    datasets, runs = {}, {}
+    for i, exp in enumerate(experiments):
+        done = run.store.is_done(exp)
+        if run.progress:
+            state = "in store" if done else "training"
+            print(f"[{i + 1}/{len(experiments)}] {exp.label} {exp.changed_params or ''} seed {exp.seed} ({state}) "
+                  f"-> {run.store.run_dir(exp)}")
+        data = run.data_root
+        if not done:
+            if exp.dataset not in datasets:
+                datasets[exp.dataset] = run.data if exp.dataset == run.dataset else run.on(exp.dataset).data
+            data = datasets[exp.dataset]
+        runs[exp] = train(exp, run.store, data=data, device=run.device, progress=run.progress,
+                          compile=run.profile.compile)
+    return runs
 
 
 def train(experiment, store: RunStore | None = None, *, data: DataSplit | str | Path | None = None, device=None,

@@ -8,10 +8,10 @@ from reproduce.attacks import AttackSpec
 from reproduce.config import make_experiment
 from reproduce.context import Run
 from reproduce.defenses import defense_loss
-from reproduce.executors import train_all
 from reproduce.models import build_model
 from reproduce.protocol import TABLE2, TABLES, table1_experiments, table4_experiments
 from reproduce.store import RunStore
+from reproduce.training import train_all
 
 
 def _model(loss="SM"):

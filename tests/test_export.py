@@ -11,7 +11,7 @@ from reproduce import load_model
 from reproduce.cli import main
 from reproduce.config import make_experiment
 from reproduce.evaluation import accuracy
-from reproduce.export import WEIGHTS, read_weights
+from reproduce.store import WEIGHTS, read_weights, write_weights
 from reproduce.protocol import TABLE1
 from reproduce.store import CheckpointError, RunStore
 from reproduce.training import train
@@ -105,3 +105,19 @@ def test_evaluate_runs_every_column_on_any_module(trained, tmp_path, capsys):
     assert row["clean"] == pytest.approx(accuracy(run.model, x, y), abs=0.01)
     assert (row <= row["clean"] + 100 / len(y)).all()
     assert main(["evaluate", str(tmp_path / "missing.pt"), "--dataset", "mnist", "--data", str(data)]) == 2
+
+
+def test_the_same_weights_give_the_same_bytes(trained, tmp_path):
+    """A digest identifies the weights: two writes of one model are byte for byte equal (safetensors keeps
+    metadata in a hash map whose order varies between writes, so everything goes in one entry)."""
+    _, _, exp, run = trained
+    digests = set()
+    for i in range(6):  # 3! orders of three entries: the old writer gave two digests in six writes
+        folder = tmp_path / str(i)
+        folder.mkdir()
+        write_weights(run.model, folder, exp)
+        digests.add(hashlib.sha256((folder / WEIGHTS).read_bytes()).hexdigest())
+    assert len(digests) == 1
+    state = read_weights(tmp_path / "0", key=exp.key)
+    assert state.keys() == run.model.state_dict().keys()
+    assert all(torch.equal(state[k], v) for k, v in run.model.state_dict().items())

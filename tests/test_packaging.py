@@ -1,8 +1,9 @@
 """The card's install files agree with pyproject.toml: requirements.txt (the notebooks install) and
 environment.yml (conda, for JupyterLab)."""
 import re
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 REPO = Path(__file__).resolve().parent.parent
 
