@@ -73,8 +73,8 @@ def repository_url(root: Path) -> str:
 
 
 def set_repository(url: str, root: Path) -> list[Path]:
-    """Write `url` into pyproject.toml, every notebook's first cell, the README and CITATION.cff; returns
-    the files written."""
+    """Write `url` into pyproject.toml, every notebook's first cell, CITATION.cff, the README and docs/;
+    returns the files written. Only a Git URL (GIT_URL) is accepted, and nothing is written otherwise."""
     if not GIT_URL.fullmatch(url):
         raise ValueError(f"not a Git URL: {url!r} (e.g. https://github.com/you/repo; letters, digits and ._~:/@+%- "
                          "only)")
@@ -93,12 +93,12 @@ def set_repository(url: str, root: Path) -> list[Path]:
     if citation.exists():
         citation.write_text(citation.read_text().replace(f'repository-code: "{old}"', f'repository-code: "{url}"'))
         changed.append(citation)
-    readme = root / "README.md"
-    text = readme.read_text()
     github = url.split("github.com/")[-1] if "github.com/" in url else None
-    text = text.replace(old, url)
-    if github:  # the Colab badges open the notebooks from GitHub
-        text = text.replace(f"colab.research.google.com/github/{old.split('github.com/')[-1]}/",
-                            f"colab.research.google.com/github/{github}/")
-    readme.write_text(text)
-    return changed + [readme]
+    pages = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    for page in pages:  # the install lines, and the Colab badges, which open the notebooks from GitHub
+        text = page.read_text().replace(old, url)
+        if github:
+            text = text.replace(f"colab.research.google.com/github/{old.split('github.com/')[-1]}/",
+                                f"colab.research.google.com/github/{github}/")
+        page.write_text(text)
+    return changed + pages

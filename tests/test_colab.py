@@ -23,8 +23,8 @@ def test_every_notebook_carries_the_one_repository_url_and_asks_for_a_gpu():
 
 
 def test_set_repository_writes_no_code_and_refuses_what_is_not_a_url(tmp_path):
-    for part in ("notebooks", "README.md", "pyproject.toml", "CITATION.cff"):
-        (shutil.copytree if part == "notebooks" else shutil.copy)(REPO / part, tmp_path / part)
+    for part in ("notebooks", "docs", "README.md", "pyproject.toml", "CITATION.cff"):
+        (shutil.copytree if part in ("notebooks", "docs") else shutil.copy)(REPO / part, tmp_path / part)
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     hostile = ['https://x/a"; import os; os.system("touch PWNED"); "', "https://x/a\\", "https://x/a b",
                "https://x/a'+__import__('os').system('id')+'", "https://x/a\nimport os", "", "javascript:alert(1)"]
@@ -45,8 +45,8 @@ def test_set_repository_writes_no_code_and_refuses_what_is_not_a_url(tmp_path):
 
 
 def test_set_repository_rewrites_every_place(tmp_path):
-    for part in ("notebooks", "README.md", "pyproject.toml", "CITATION.cff"):
-        (shutil.copytree if part == "notebooks" else shutil.copy)(REPO / part, tmp_path / part)
+    for part in ("notebooks", "docs", "README.md", "pyproject.toml", "CITATION.cff"):
+        (shutil.copytree if part in ("notebooks", "docs") else shutil.copy)(REPO / part, tmp_path / part)
     with pytest.raises(ValueError, match="not a Git URL"):
         set_repository("my repo", tmp_path)
     set_repository("https://github.com/someone/discriminative-robustness.git", tmp_path)
@@ -59,6 +59,7 @@ def test_set_repository_rewrites_every_place(tmp_path):
     assert "github.com/OWNER/REPO" not in readme and f"pip install git+{url}" in readme
     assert "colab.research.google.com/github/someone/discriminative-robustness/blob/main/notebooks/01" in readme
     assert f'repository-code: "{url}"' in (tmp_path / "CITATION.cff").read_text()
+    assert f"pip install git+{url}" in (tmp_path / "docs" / "usage.md").read_text()
 
 
 class Kernel:

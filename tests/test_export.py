@@ -11,9 +11,8 @@ from reproduce import load_model
 from reproduce.cli import main
 from reproduce.config import make_experiment
 from reproduce.evaluation import accuracy
-from reproduce.store import WEIGHTS, read_weights, write_weights
 from reproduce.protocol import TABLE1
-from reproduce.store import CheckpointError, RunStore
+from reproduce.store import WEIGHTS, CheckpointError, RunStore, read_weights, write_weights
 from reproduce.training import train
 
 SETTINGS = dict(epochs=1, train_limit=200, val_limit=50)
