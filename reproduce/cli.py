@@ -276,7 +276,7 @@ def cmd_evaluate(args) -> int:
         model = load_folder(path, run.device)
     elif path.exists():
         run = _run(args)
-        model = load_module(path, run.device)
+        model = load_module(path, run.device, architecture=args.architecture, trust_pickle=args.trust_pickle)
     else:
         run = _run(args)
         model = load_model(args.model, profile=run.profile, dataset=run.dataset, seed=args.seed,
@@ -414,10 +414,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("evaluate", help="every Table I column on one model")
     p.add_argument("model", help="a run or export folder of ours, a table label (e.g. AAML-AT, looked up in the "
-                                 "store), or a .pt file holding a TorchScript or pickled torch.nn.Module that maps "
-                                 "images in [0, 1] to logits")
+                                 "store), a TorchScript file, or weights with --architecture (a pickled module "
+                                 "only with --trust-pickle); the model maps images in [0, 1] to logits")
     _common(p)
     p.add_argument("--seed", type=int, default=0, help="with a label: the seed of the run (default: 0)")
+    p.add_argument("--architecture", default=None, metavar="MODULE:CALLABLE",
+                   help="for a file of weights alone (safetensors, or a state dict saved with torch.save): the "
+                        "network to load them into, built by calling MODULE:CALLABLE (e.g. my_models:Net)")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="load a whole pickled module (torch.save(model)); unpickling runs the code the file holds, "
+                        "so give only a file you made")
     _budget_option(p)
     p.add_argument("--out", default=None, help="also write the row as CSV here")
     p.set_defaults(func=cmd_evaluate)

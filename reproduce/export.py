@@ -32,7 +32,10 @@ from .store import (
 def experiment_of(folder: Path) -> Experiment:
     """The experiment a run folder (config.json) or an export folder (experiment.json) holds."""
     folder = Path(folder)
-    for name in ("experiment.json", "config.json"):
+    if (folder / "config.json").exists() and (folder / "experiment.json").exists():
+        raise ValueError(f"{folder} holds both a run (config.json) and an export (experiment.json): one was written "
+                         "into the other's folder; keep the run and move the export out")
+    for name in ("config.json", "experiment.json"):
         if (folder / name).exists():
             saved = read_checked_json(folder / name)
             break
@@ -147,24 +150,92 @@ def format_models(models: list[dict]) -> str:
     return "\n".join("  ".join(f"{c:{w}s}" for c, w in zip(r, widths)) + "  " + r[-1] for r in [head] + rows)
 
 
-def load_module(path, device=None) -> torch.nn.Module:
-    """Any model a user gives: a folder of ours, a TorchScript file, or a file holding a whole pickled
-    `torch.nn.Module` (torch.save(model)). Unpickling runs code from the file: give only your own."""
+def build_architecture(spec: str) -> torch.nn.Module:
+    """The network named by `spec`, "package.module:callable" (e.g. "torchvision.models:resnet18" or
+    "my_models:Net"): the callable is called with no arguments. This imports and runs that module's code,
+    which the user names by giving it."""
+    import importlib
+
+    module, _, name = spec.partition(":")
+    if not module or not name:
+        raise ValueError(f"--architecture {spec!r}: give it as package.module:callable, e.g. my_models:Net")
+    try:
+        factory = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"--architecture {spec!r}: {e}") from None
+    model = factory()
+    if not isinstance(model, torch.nn.Module):
+        raise ValueError(f"--architecture {spec!r} made a {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def load_module(path, device=None, *, architecture: str | None = None, trust_pickle: bool = False) -> torch.nn.Module:
+    """Any model a user gives, read without running code from the file unless `trust_pickle`:
+
+    - a run or export folder of ours;
+    - a TorchScript file (torch.jit.save);
+    - weights alone, as safetensors or as a state dict saved with torch.save, loaded into the network that
+      `architecture` names ("package.module:callable", `build_architecture`): tensors only
+      (torch.load(weights_only=True)), so the file cannot run code;
+    - a whole pickled module (torch.save(model)) only with `trust_pickle=True`: unpickling runs whatever
+      code the file holds, so it is refused by default, and said when it is done."""
     from .devices import resolve_device
 
     path = Path(path)
     if path.is_dir():
         return load_folder(path, device)
     if not path.is_file():
-        raise FileNotFoundError(f"no model at {path}: give a run or export folder, or a .pt file")
+        raise FileNotFoundError(f"no model at {path}: give a run or export folder, a TorchScript file, or weights "
+                                "with --architecture")
     device = resolve_device(device)
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is empty: give a TorchScript file, weights with --architecture, or a folder")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(path))
+        except SafetensorError as e:
+            raise ValueError(f"{path} is not a safetensors file ({e})") from None
+        return _with_weights(path, state, architecture, device)
     try:
-        model = torch.jit.load(str(path), map_location=device)
-    except RuntimeError:
-        model = torch.load(path, map_location=device, weights_only=False)
-    if not isinstance(model, torch.nn.Module):
-        raise ValueError(f"{path} holds a {type(model).__name__}, not a torch.nn.Module (for a state dict, "
-                         "build the model and load it first, then save the module: torch.save(model, path))")
+        return torch.jit.load(str(path), map_location=device).eval()
+    except (RuntimeError, ValueError):
+        pass  # not TorchScript
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # anything the safe reader refuses: a pickled module, or not a torch file at all
+        if not trust_pickle:
+            raise ValueError(f"{path} is neither TorchScript nor weights that load without running code ({str(e)[:120]}"
+                             "). If it is a whole module you saved yourself (torch.save(model)), loading it runs "
+                             "code from the file: pass --trust-pickle (trust_pickle=True) to do so, or save it as "
+                             "TorchScript (torch.jit.script(model).save(path)) or as weights "
+                             "(torch.save(model.state_dict(), path)) with --architecture") from None
+        print(f"unpickling {path} (--trust-pickle): this runs the code the file holds", flush=True)
+        try:
+            model = torch.load(path, map_location=device, weights_only=False)
+        except Exception as e:
+            raise ValueError(f"{path} could not be unpickled: {e}") from None
+        if not isinstance(model, torch.nn.Module):
+            raise ValueError(f"{path} holds a {type(model).__name__}, not a torch.nn.Module") from None
+        return model.to(device).eval()
+    if isinstance(state, torch.nn.Module):  # possible only for modules of torch's own allow-list
+        return state.to(device).eval()
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict of tensors nor a module")
+    return _with_weights(path, state, architecture, device)
+
+
+def _with_weights(path, state: dict, architecture: str | None, device) -> torch.nn.Module:
+    if architecture is None:
+        raise ValueError(f"{path} holds weights alone: name the network they belong to with --architecture "
+                         "package.module:callable (architecture=...)")
+    model = build_architecture(architecture)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(f"{path} does not fit {architecture}: {str(e)[:300]}") from None
     return model.to(device).eval()
 
 

@@ -33,12 +33,20 @@ class StoreError(RuntimeError):
     """A file of the store is damaged or was edited; the message names it and what to do."""
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, then rename: readers see old or new, never half."""
+    """Write to a temporary file in the same folder, then rename: readers see old or new, never half.
+    The file gets the mode the user's umask gives, as open() would (mkstemp's own is 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

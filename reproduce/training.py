@@ -31,6 +31,7 @@ from .store import (
     keep_epochs,
     load_checkpoint,
     read_checked_json,
+    read_jsonl,
     remove_temporary_files,
     save_checkpoint,
     write_checked_json,
@@ -236,6 +237,11 @@ def _resume(experiment, t: _Training, run_dir) -> tuple[int, float, dict | None]
         start_epoch, best_score, kept = state["epoch"], state["best_score"], state["kept"]
         print(f"resuming {experiment.label} from epoch {start_epoch} ({last_path})")
     keep_epochs(run_dir / "metrics.jsonl", start_epoch)
+    logged = [r.get("epoch") for r in read_jsonl(run_dir / "metrics.jsonl", key=experiment.key)]
+    if logged != list(range(1, start_epoch + 1)):  # the log and the checkpoint must tell one story
+        raise StoreError(f"{run_dir / 'metrics.jsonl'} logs epochs {logged} but {last_path.name} holds epoch "
+                         f"{start_epoch}: the log is damaged (a line removed or edited); delete the run directory "
+                         f"{run_dir} to retrain it")
     if start_epoch == 0:
         (run_dir / "best.pt").unlink(missing_ok=True)
     return start_epoch, best_score, kept

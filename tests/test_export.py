@@ -94,7 +94,8 @@ def test_evaluate_runs_every_column_on_any_module(trained, tmp_path, capsys):
     torch.save(run.model, path)  # a user's whole nn.Module, pickled
     csv = tmp_path / "row.csv"
     assert main(["evaluate", str(path), "--profile", "smoke", "--dataset", "mnist", "--data", str(data),
-                 "--runs", str(tmp_path / "runs"), "--device", "cpu", "--quiet", "--out", str(csv)]) == 0
+                 "--runs", str(tmp_path / "runs"), "--device", "cpu", "--quiet", "--out", str(csv),
+                 "--trust-pickle"]) == 0
     printed = capsys.readouterr().out
     assert all(c.key in printed for c in TABLE1.attacks)
     import pandas as pd
@@ -120,3 +121,51 @@ def test_the_same_weights_give_the_same_bytes(trained, tmp_path):
     state = read_weights(tmp_path / "0", key=exp.key)
     assert state.keys() == run.model.state_dict().keys()
     assert all(torch.equal(state[k], v) for k, v in run.model.state_dict().items())
+
+
+class _Hidden:
+    """What a hostile pickle holds: unpickling it calls os.makedirs (any call would do)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.makedirs, (str(self.marker),)
+
+
+def test_a_file_runs_no_code_unless_the_user_says_so(trained, tmp_path, capsys, monkeypatch):
+    from reproduce.export import load_module
+
+    root, data, exp, run = trained
+    marker = tmp_path / "the-file-ran-code"
+    hostile = tmp_path / "hostile.pt"
+    torch.save(_Hidden(marker), hostile)
+    args = ["evaluate", str(hostile), "--profile", "smoke", "--dataset", "mnist", "--data", str(data), "--quiet",
+            "--runs", str(tmp_path / "runs")]
+    assert main(args) == 2 and not marker.exists()
+    assert "--trust-pickle" in capsys.readouterr().err
+    # with the user's explicit say, it is unpickled, and the command says that it runs the file's code
+    with pytest.raises(ValueError, match="not a torch.nn.Module"):
+        load_module(hostile, "cpu", trust_pickle=True)
+    assert marker.exists() and "this runs the code the file holds" in capsys.readouterr().out
+    # weights alone load without running code, into the network the user names
+    (tmp_path / "tiny_net.py").write_text("import torch\n\ndef Net():\n    return torch.nn.Linear(4, 3)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    net = torch.nn.Linear(4, 3)
+    torch.save(net.state_dict(), tmp_path / "weights.pt")
+    from safetensors.torch import save_file
+
+    save_file(net.state_dict(), str(tmp_path / "weights.safetensors"))
+    x = torch.rand(2, 4)
+    for name in ("weights.pt", "weights.safetensors"):
+        with pytest.raises(ValueError, match="--architecture"):
+            load_module(tmp_path / name, "cpu")
+        assert torch.equal(load_module(tmp_path / name, "cpu", architecture="tiny_net:Net")(x), net(x))
+    with pytest.raises(ValueError, match="does not fit"):
+        load_module(tmp_path / "weights.pt", "cpu", architecture="torch.nn:Identity")
+    for bad, content in (("empty.pt", b""), ("text.pt", b"not a model\n")):
+        (tmp_path / bad).write_bytes(content)
+        with pytest.raises(ValueError):
+            load_module(tmp_path / bad, "cpu")
