@@ -59,6 +59,15 @@ def _budget_option(p: argparse.ArgumentParser) -> None:
     p.epilog = "budgets of --budget (type: each profile's value):\n" + profile_help()
 
 
+def _check_threads(threads: int) -> None:
+    import os
+
+    cores = os.cpu_count() or 1
+    if not 1 <= threads <= cores:
+        raise ValueError(f"--threads {threads}: give 1 to {cores}, this machine's cores (more threads than cores "
+                         "wait on each other and make every run many times slower)")
+
+
 def _run(args):
     """The run context of the command line: profile (with its --budget changes), dataset, objectives,
     store, device and folders."""
@@ -67,8 +76,7 @@ def _run(args):
     from .context import start
 
     if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be at least 1; got {args.threads}")
+        _check_threads(args.threads)
         torch.set_num_threads(args.threads)
     return start(args.profile, args.dataset, objectives=args.objectives, device=args.device, runs_dir=args.runs,
                  data_dir=args.data, budgets=_key_values(getattr(args, "budget", None)), progress=not args.quiet,
@@ -130,7 +138,11 @@ def cmd_grid(args) -> int:
     exps = _chosen(TABLES[args.table].experiments(run), args.only, args.table)
     slurm = {k: v for k, v in dict(slurm_partition=args.slurm_partition, timeout_min=args.slurm_time,
                                    gpus_per_node=args.slurm_gpus).items() if v is not None}
-    gpus = [int(g) for g in args.gpus.split(",")] if args.gpus else []
+    gpus = []
+    for g in (args.gpus.split(",") if args.gpus else []):
+        if not g.strip().isdigit():
+            raise ValueError(f"--gpus {args.gpus}: give GPU indices separated by commas, e.g. --gpus 0,1,2,3")
+        gpus.append(int(g))
     runs = run_grid(run, exps, executor=args.executor, workers=args.workers, gpus=gpus,
                     workers_per_gpu=args.workers_per_gpu, slurm=slurm)
     for exp, trained in runs.items():
@@ -175,6 +187,7 @@ def cmd_run(args) -> int:
     from .runner import run_notebooks
 
     if args.threads is not None:  # the notebooks' kernels start with it
+        _check_threads(args.threads)
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
 
     return run_notebooks(args.profile, args.dataset, device=args.device, runs_dir=args.runs,
@@ -193,30 +206,47 @@ def cmd_bench(args) -> int:
     return 0
 
 
-def cmd_plan(args) -> int:
+def _json_numbers(flag: str, path, fields: list, what: str, optional=()) -> dict | None:
+    """The JSON object in the file given to `flag` (None without one), whose `fields` (and `optional`
+    ones, where present) are finite numbers above 0, not true or false: anything else is one line that
+    names the flag, the file and `what` to give instead."""
     import json
     import math
     from pathlib import Path
+
+    if path is None:
+        return None
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{flag} {path} is not a file: give {what}")
+    try:
+        obj = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{flag} {path} is not JSON ({e}): give {what}") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{flag} {path} holds a JSON {type(obj).__name__}, not an object: give {what}")
+    bad = [k for k in list(fields) + [k for k in optional if k in obj]
+           if isinstance(obj.get(k), bool) or not isinstance(obj.get(k), (int, float))
+           or not math.isfinite(obj[k]) or obj[k] <= 0]
+    if bad:
+        got = ", ".join(f"{k}={obj.get(k)!r}" for k in bad)
+        raise ValueError(f"{flag} {path}: {got}; each must be a number above 0: give {what}")
+    return obj
+
+
+def cmd_plan(args) -> int:
+    import math
 
     if not (math.isfinite(args.hours) and args.hours > 0):
         raise ValueError(f"--hours must be a finite number above 0; got {args.hours}")
     from .context import Run
     from .plan import plan, speedups
 
-    rates = None
-    if args.bench:
-        if not Path(args.bench).is_file():
-            raise ValueError(f"--bench {args.bench} is not a file: give the JSON that `python -m reproduce "
-                             "bench --json FILE` wrote")
-        rates = json.loads(Path(args.bench).read_text())
-    fill = None
-    if args.fill:
-        if not Path(args.fill).is_file():
-            raise ValueError(f"--fill {args.fill} is not a file: give the fill.json of scripts/gpu_check.sh")
-        fill = json.loads(Path(args.fill).read_text())
-        if not all(isinstance(fill.get(k), (int, float)) and fill[k] > 0 for k in ("one_process_s", "workers_s")):
-            raise ValueError(f"--fill {args.fill} needs one_process_s and workers_s above 0 (scripts/gpu_check.sh "
-                             "writes them); rerun its fill step at a size that takes seconds")
+    bench_file = "the JSON that `python -m reproduce bench --json FILE` wrote"
+    rates = _json_numbers("--bench", args.bench, ["um_epoch_img_s"], bench_file,
+                          optional=["train_compile_speedup", "pgd20_compile_speedup", "model_width"])
+    fill = _json_numbers("--fill", args.fill, ["one_process_s", "workers_s", "models"],
+                         "the fill.json of scripts/gpu_check.sh (rerun its fill step at a size that takes seconds)")
     run = Run(args.profile, args.dataset)
     rows, total = plan(run, rates, fill)
     print(f"{'device time' if total is not None else 'image passes':>12s}  {'group':13s} what")
@@ -277,6 +307,9 @@ def cmd_evaluate(args) -> int:
     elif path.exists():
         run = _run(args)
         model = load_module(path, run.device, architecture=args.architecture, trust_pickle=args.trust_pickle)
+    elif "/" in args.model or path.suffix in (".pt", ".pth", ".ckpt", ".safetensors", ".bin"):
+        raise FileNotFoundError(f"no file or folder {path}: give a run or export folder, a model file, or a table "
+                                "label such as AAML-AT")
     else:
         run = _run(args)
         model = load_model(args.model, profile=run.profile, dataset=run.dataset, seed=args.seed,

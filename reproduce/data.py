@@ -75,6 +75,17 @@ def _expected_files(name: str, root: Path) -> str:
     return f"{root}/{folder}/raw/ (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-... )"
 
 
+def _files_present(name: str, root: Path) -> bool:
+    """Whether every file of the dataset's on-disk layout is there (read or not)."""
+    if name == "cifar10":
+        folder = root / "cifar-10-batches-py"
+        names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    else:
+        folder = root / ("MNIST" if name == "mnist" else "FashionMNIST") / "raw"
+        names = [f"{p}-{k}-idx{d}-ubyte" for p in ("train", "t10k") for k, d in (("images", 3), ("labels", 1))]
+    return all((folder / n).is_file() for n in names)
+
+
 def _link_debian_fashion_mnist(root: Path) -> None:
     """Put Debian's Fashion-MNIST files where torchvision looks for them (uncompressed in raw/)."""
     raw = root / "FashionMNIST" / "raw"
@@ -164,7 +175,17 @@ def _load_raw(name: str, root: Path, download: bool):
         _link_debian_fashion_mnist(root)
     try:
         return _torchvision_dataset(name, root, True, False), _torchvision_dataset(name, root, False, False)
-    except (RuntimeError, FileNotFoundError):
+    except DatasetCorrupt:
+        raise
+    except (AssertionError, ValueError, IndexError, EOFError, OverflowError) as e:  # present, but not readable
+        raise DatasetCorrupt(f"the {name} files in {_expected_files(name, root)} cannot be read ({type(e).__name__}: "
+                             f"{str(e)[:200] or 'a wrong magic number or a truncated file'}); replace them with the "
+                             "original files") from None
+    except (RuntimeError, FileNotFoundError) as e:
+        if _files_present(name, root):  # there, but torch could not read them (e.g. a truncated file)
+            raise DatasetCorrupt(f"the {name} files in {_expected_files(name, root)} cannot be read "
+                                 f"({type(e).__name__}: {str(e)[:200]}); replace them with the original "
+                                 "files") from None
         if not download:
             raise DatasetMissing(f"{name} not found. Put its files in {_expected_files(name, root)}. "
                                  + OFFLINE_HINT) from None
@@ -192,6 +213,21 @@ def _to_tensors(ds):
     return x.contiguous(), y
 
 
+def _check_parts(name: str, root: Path, *parts) -> None:
+    """Images and labels that a run can use: as many labels as images, some of each, every label a class."""
+    classes = len(CLASS_NAMES[name])
+    for x, y, part in parts:
+        where = f"the {name} {part} files in {_expected_files(name, root)}"
+        if len(x) == 0 or len(y) == 0:
+            raise DatasetCorrupt(f"{where} hold no images or no labels; replace them with the original files")
+        if len(x) != len(y):
+            raise DatasetCorrupt(f"{where} hold {len(x)} images but {len(y)} labels (a truncated file); replace "
+                                 "them with the original files")
+        if int(y.min()) < 0 or int(y.max()) >= classes:
+            raise DatasetCorrupt(f"{where} hold labels from {int(y.min())} to {int(y.max())}, outside the "
+                                 f"{classes} classes 0-{classes - 1}; replace them with the original files")
+
+
 def check_dataset(name: str, root: Path | str | None = None, download: bool = True) -> None:
     """Raise DatasetMissing within seconds if the dataset cannot be had."""
     _load_raw(name, Path(root or DEFAULT_ROOT), download)
@@ -208,6 +244,7 @@ def load_dataset(name: str = "cifar10", root: Path | str | None = None, *, val_s
     train_ds, test_ds = _load_raw(name, root, download)
     x, y = _to_tensors(train_ds)
     x_test, y_test = _to_tensors(test_ds)
+    _check_parts(name, root, (x, y, "training"), (x_test, y_test, "test"))
     val_size = min(val_size, len(x) // 10)  # tiny test datasets keep a tenth for validation
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(split_seed))
     val_idx, train_idx = order[:val_size], order[val_size:]

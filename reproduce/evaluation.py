@@ -47,6 +47,29 @@ def predicts_right(model, x, y, bf16: bool = False) -> torch.Tensor:
         return model(x).argmax(1) == y
 
 
+@torch.no_grad()
+def check_logits(model, images, num_classes: int) -> None:
+    """A model any table may attack: on a few of `images` it returns finite logits, one per image and at
+    least one per class. Anything else is one ValueError, before any attack runs (a model with NaN logits
+    would otherwise score chance in every column)."""
+    params = list(model.parameters())
+    device = params[0].device if params else torch.device("cpu")
+    x = images[:8].to(device)
+    x = x.float() / 255 if x.dtype == torch.uint8 else x
+    with attack_mode(model):
+        logits = model(x)
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or len(logits) != len(x):
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"the model returns {shape} for {len(x)} images; it must return logits of shape "
+                         f"({len(x)}, classes)")
+    if logits.shape[1] < num_classes:
+        raise ValueError(f"the model returns {logits.shape[1]} logits per image but the dataset has {num_classes} "
+                         "classes")
+    if not torch.isfinite(logits).all():
+        raise ValueError("the model's logits are not finite (NaN or inf) on the test images; its accuracy under "
+                         "attack would mean nothing")
+
+
 def accuracy(model, images, labels, *, batch_size: int = 250, bf16: bool = False) -> float:
     """Clean accuracy in eval mode, in percent, on uint8 or float images (the model's mode is restored)."""
     device = next(model.parameters()).device

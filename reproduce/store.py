@@ -264,7 +264,10 @@ def read_weights(folder: Path, key: str | None = None) -> dict:
     digest_file = Path(folder) / (WEIGHTS + ".sha256")
     if not digest_file.exists():
         raise CheckpointError(f"{path} has no digest beside it ({digest_file.name}); export the run again")
-    if digest_file.read_text().split()[0] != sha256_of(path):
+    recorded = digest_file.read_text().split()
+    if not recorded:
+        raise CheckpointError(f"{digest_file} is empty: it should hold the SHA-256 of {WEIGHTS}; export the run again")
+    if recorded[0] != sha256_of(path):
         raise CheckpointError(f"{path} does not match its SHA-256 ({digest_file.name}): damaged or edited")
     if key is not None:
         found = weights_metadata(path).get("key")
