@@ -1,7 +1,6 @@
 """Every bad input is one line that names it, before any compute: plan's --fill and --bench files, data
 files, what `evaluate` is given, a weights digest, --threads and --gpus. Each class is tried with several
 hostile cases; the test prints how many were tried and refused."""
-import json
 import os
 import struct
 
