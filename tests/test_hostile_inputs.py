@@ -102,8 +102,8 @@ def test_evaluate_inputs(tmp_path, capsys, mnist, case):
         path = tmp_path / "no" / "such-folder"
     elif case in ("fewer logits", "nan logits"):
         torch.jit.script(FewerLogits() if case == "fewer logits" else NanLogits()).save(str(path))
-    names = {"empty": "empty", "text": "model.pt", "missing": "no file or folder", "missing folder": "no file or folder",
-             "fewer logits": "5 logits per image", "nan logits": "not finite"}
+    names = {"empty": "empty", "text": "model.pt", "missing": "no file or folder",
+             "missing folder": "no file or folder", "fewer logits": "5 logits per image", "nan logits": "not finite"}
     refused(capsys, "evaluate", ["evaluate", str(path), "--profile", "smoke", "--dataset", "mnist", "--data",
                                  str(mnist), "--runs", str(tmp_path / "runs"), "--quiet"], names[case])
 
