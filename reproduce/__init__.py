@@ -18,7 +18,7 @@ except PackageNotFoundError:  # a checkout on the path, not installed
 
 # name -> the module that defines it
 _EXPORTS = {
-    "AttackSpec": "attacks", "attack": "attacks",
+    "AttackSpec": "attacks", "attack": "attacks", "audit": "audits", "Audit": "audits",
     "PROFILES": "config", "Experiment": "config", "get_profile": "config", "make_experiment": "config",
     "Run": "context", "start": "context",
     "DatasetMissing": "data", "load_dataset": "data",

@@ -8,6 +8,7 @@
   plan    every experiment and evaluation a profile runs, with estimated device time
   export  a trained run as weights (safetensors), experiment, Table I row and model card
   evaluate  every Table I column on one model: a run or export of ours, or any torch.nn.Module file
+  audit   is a model's robustness real? the paper's attacks beside attacks that do not trust its gradients
   models  every run of the store: label, dataset, profile, changed budgets, seed, status, folder
   set-repository  the repository's URL, for the Colab cells, badges and install line
 
@@ -21,6 +22,7 @@ examples:
   python -m reproduce evaluate runs/fashion-mnist-smoke-AAML-AT-963f71ce02a5
   python -m reproduce export runs/fashion-mnist-smoke-AAML-AT-963f71ce02a5 exported/AAML-AT
   python -m reproduce models
+  python -m reproduce audit AAML-UM --profile smoke --dataset fashion-mnist --out audits/AAML-UM
 """
 from __future__ import annotations
 
@@ -285,11 +287,13 @@ def cmd_export(args) -> int:
     return 0
 
 
-def cmd_evaluate(args) -> int:
+def _model_of(args):
+    """(run, model, experiment or None, store or None) of the MODEL argument of `evaluate` and `audit`: a run
+    or export folder (its own dataset and profile unless flags say otherwise), a model file, or a table
+    label looked up in the store."""
     from pathlib import Path
 
-    from .evaluation import FOREIGN_KEY
-    from .export import experiment_of, format_row, load_folder, load_model, load_module, table1_row
+    from .export import experiment_of, load_folder, load_model, load_module
     from .store import RunStore
 
     path = Path(args.model)
@@ -315,6 +319,17 @@ def cmd_evaluate(args) -> int:
         model = load_model(args.model, profile=run.profile, dataset=run.dataset, seed=args.seed,
                            objectives=run.objectives, runs_dir=run.store.root, device=run.device)
         experiment, store = run.experiment(*parse_label(args.model), args.seed), run.store
+    return run, model, experiment, store
+
+
+def cmd_evaluate(args) -> int:
+    from pathlib import Path
+
+    from .evaluation import FOREIGN_KEY
+    from .export import format_row, table1_row
+
+    run, model, experiment, store = _model_of(args)
+    path = Path(args.model)
     seeds = (f"seeded from experiment {experiment.key} and each column's name" if experiment is not None else
              f"seeded from {FOREIGN_KEY!r} and each column's name (a module of no experiment)")
     x, _ = run.test_images()
@@ -327,6 +342,33 @@ def cmd_evaluate(args) -> int:
 
         pd.DataFrame(row).T.rename_axis("column").to_csv(args.out)
         print(f"written {args.out}")
+    return 0
+
+
+def cmd_audit(args) -> int:
+    from pathlib import Path
+
+    from .audits import audit
+    from .evaluation import FOREIGN_KEY
+
+    if not 0 < args.eps <= 255:
+        raise ValueError(f"--eps {args.eps}: give it in 1/255 units, above 0 and at most 255 (8 is 8/255)")
+    run, model, experiment, store = _model_of(args)
+    surrogate = None
+    if args.surrogate:
+        surrogate_args = argparse.Namespace(**{**vars(args), "model": args.surrogate})
+        surrogate = _model_of(surrogate_args)[1]
+    out = Path(args.out or Path("audits") / (experiment.run_name if experiment else Path(args.model).stem))
+    x, y = run.test_images()
+    name = experiment.label if experiment else Path(args.model).name
+    print(f"auditing {name} on {len(y)} {run.dataset} test images at eps {args.eps:g}/255 ({run.profile.name} "
+          f"profile's budgets; seeded from {experiment.key if experiment else repr(FOREIGN_KEY)})", flush=True)
+    result = audit(model, x, y, args.eps / 255, profile=run.profile, surrogate=surrogate, device=run.device,
+                   experiment=experiment, store=store, progress=run.progress)
+    result.write(out, profile=run.profile)
+    print(result.markdown())
+    print(f"written {out}: audit.json, audit.md, audit_attacks.png, audit_eps.png, audit_steps.png, "
+          "audit_logit_scale.png")
     return 0
 
 
@@ -460,6 +502,22 @@ def build_parser() -> argparse.ArgumentParser:
     _budget_option(p)
     p.add_argument("--out", default=None, help="also write the row as CSV here")
     p.set_defaults(func=cmd_evaluate)
+
+    p = command("audit", help="is a model's robustness real? the paper's attacks beside attacks that do not trust "
+                              "its gradients, with a verdict and its reasons")
+    p.add_argument("model", help="a run or export folder of ours, a table label (e.g. AAML-AT), a TorchScript "
+                                 "file, or weights with --architecture (a pickled module only with --trust-pickle)")
+    _common(p)
+    p.add_argument("--eps", type=float, default=8.0, help="L-inf eps in 1/255 units (default: 8, i.e. 8/255)")
+    p.add_argument("--out", default=None, help="the folder to write (default: audits/<model>)")
+    p.add_argument("--surrogate", default=None, help="a model (as MODEL) whose 20PGD images are transferred")
+    p.add_argument("--seed", type=int, default=0, help="with a label: the seed of the run (default: 0)")
+    p.add_argument("--architecture", default=None, metavar="MODULE:CALLABLE",
+                   help="for weights alone: the network to load them into (e.g. my_models:Net)")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="load a whole pickled module; unpickling runs the code the file holds")
+    _budget_option(p)
+    p.set_defaults(func=cmd_audit)
 
     p = command("models", help="every run of the store: label, dataset, profile, changed budgets, seed, "
                                       "status, clean validation accuracy and folder")

@@ -310,6 +310,19 @@ def column_scores(experiment, model, images, labels, specs, store: RunStore | No
     return row
 
 
+def score_columns(model, images, labels, specs, *, experiment=None, store: RunStore | None = None,
+                  key: str = FOREIGN_KEY, progress: bool = False) -> dict:
+    """{'clean' or column: {"final", "any_iterate", "n", "correct", "correct_any_iterate"}} for `specs`,
+    every column seeded by `column_seed`: read and filled from the store's caches with `experiment` and
+    `store` (as the tables do), else computed here with the experiment's key (`key` for a module of no
+    experiment). The one way every path (tables, evaluate, export, audit) scores a model."""
+    if experiment is not None and store is not None:
+        return column_scores(experiment, model, images, labels, specs, store, progress=progress, per_example=True)
+    key = experiment.key if experiment is not None else key
+    return {"clean" if s is None else s.column: score_column(model, images, labels, s, key, progress=progress,
+                                                             desc=s and s.column) for s in [None] + list(specs)}
+
+
 def read_cache(path, identity: dict, quiet: bool = False):
     """A cached evaluation, or None when there is none, or it was damaged or edited, or it belongs to
     another model, column, attack, test set or protocol version than `identity` says (then it is

@@ -245,21 +245,15 @@ def table1_row(run, model: torch.nn.Module, experiment: Experiment | None = None
     `evaluation.column_seed` from the experiment's key (FOREIGN_KEY for a module of no experiment), so
     one model gets one row whichever path computes it; with `store` (the run's store) the store's
     caches are read and filled, as the tables do."""
-    from .evaluation import FOREIGN_KEY, check_logits, column_scores, score_column
+    from .evaluation import check_logits, score_columns
     from .protocol import TABLE1
     from .stats import wilson_interval
 
     x, y = run.test_images()
     model = model.to(run.device).eval()
     check_logits(model, x, run.data.num_classes)
-    specs = TABLE1.specs(run.profile)
-    if experiment is not None and store is not None:
-        scores = column_scores(experiment, model, x, y, specs, store, progress=run.progress)
-    else:
-        key = FOREIGN_KEY if experiment is None else experiment.key
-        scores = {"clean" if s is None else s.column: score_column(model, x, y, s, key, progress=run.progress,
-                                                                   desc=s and s.column)
-                  for s in [None] + specs}
+    scores = score_columns(model, x, y, TABLE1.specs(run.profile), experiment=experiment, store=store,
+                           progress=run.progress)
     row = {}
     for column, key in zip(TABLE1.attacks, scores):
         low, high = wilson_interval(scores[key]["final"], scores[key]["n"])

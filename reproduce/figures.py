@@ -176,7 +176,8 @@ def curve_panels(df, x: str, panel: str, hue: str, path=None, x_label: str = "",
     return save(grid.figure, path)
 
 
-def masking_report(summary, titles: dict, path=None, profile=None, flagged=()):
+def masking_report(summary, titles: dict, path=None, profile=None, flagged=(),
+                   title: str = "Under attacks built for the heads (red: flagged, CE-PGD-20 overstated it)"):
     """Each model's accuracy under each attack of the masking report, with its 95% interval: a row per
     model, a marker per attack (summary: row, column, mean, ci_low, ci_high). Flagged models in red."""
     models = list(dict.fromkeys(summary["row"]))
@@ -199,7 +200,7 @@ def masking_report(summary, titles: dict, path=None, profile=None, flagged=()):
     ax.grid(axis="x", alpha=0.3)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12 - 0.25 / max(len(models), 1) * 4), ncol=3,
               frameon=False)
-    ax.set_title("Under attacks built for the heads (red: flagged, CE-PGD-20 overstated it)")
+    ax.set_title(title)
     fig.tight_layout()
     stamp(fig, profile)
     return save(fig, path)

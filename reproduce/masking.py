@@ -10,7 +10,9 @@ built for the head or one that needs no gradient beats CE-PGD-20 beyond the two 
 
 The logit-scale sweep asks the same question another way: CE-PGD-20 with the attacker's temperature
 (logits multiplied by T before the loss); a robust model's accuracy does not depend on T.
-Every number is cached per (model, column) like Table I's, on the same test images.
+Every number is cached per (model, column) like Table I's, on the same test images. The rules, the
+worst case and the zero-gradient count are the audit's (`reproduce.audits`), which asks the same question
+of any model.
 """
 from __future__ import annotations
 
@@ -18,51 +20,21 @@ from dataclasses import replace
 
 import pandas as pd
 import torch
-from scipy.stats import binomtest
 
-from . import figures
-from .attacks import attack_mode, input_gradient
+from . import audits, figures
+from .audits import MIN_GAP, ZERO_GRADIENT
 from .evaluation import cached_value, column_scores, evaluate_white_box
-from .loader import DeviceLoader
 from .protocol import LOGIT_SCALES, MASKING_COLUMNS, PGD20_COLUMN, SCALE_SWEEP_MODELS, TABLE1, TABLE3
 from .stats import wilson_interval
 from .tables import cell, compute, summarise
 
-# A CE input gradient whose largest entry is below this counts as zero: at float32 a saturated softmax
-# (a true-class probability of exactly 1) gives exactly zero, a working one gives 1e-9 or more.
-ZERO_GRADIENT = 1e-12
 WORST = "worst"  # the column of the per-example worst case
 STRONGER = ("pgd20_cw", "apgd_dlr", "apgd_t", "square")  # each compared with CE-PGD-20, image by image
-SIGNIFICANCE = 0.025  # one-sided McNemar: a paired 95% interval of the difference that excludes zero
-MIN_GAP = 5.0  # points: a sound model often loses 1-3 points to an attack stronger than PGD-20; masking, more
 REPORT_COLUMNS = ("pgd20", "pgd20_cw", "apgd_dlr", "apgd_t", "square", WORST)
 TITLES = {"clean": "Clean", "pgd20": "CE-PGD-20", "pgd20_cw": "CW-PGD-20", "apgd_dlr": "APGD-DLR",
           "apgd_t": "APGD-T", "square": "Square", WORST: "worst case", "pgd20_on_square": "CE-PGD-20 (Square's images)",
           "zero_gradient": "zero CE gradient (%)", "eps_end": "PGD-7 at eps 128/255", "transfer": "best transfer 20PGD",
           "white_20pgd": "white-box 20PGD"}
-
-
-def zero_gradient_share(model, images, labels, batch_size: int = 250) -> float:
-    """The share (percent) of images whose CE input gradient is zero (every entry below ZERO_GRADIENT),
-    at the clean image, in eval mode."""
-    device = next(model.parameters()).device
-    zero = 0
-    with attack_mode(model):
-        for x, y in DeviceLoader(images, labels, batch_size, device=device):
-            grad = input_gradient(model, x, y)
-            zero += int((grad.flatten(1).abs().amax(1) < ZERO_GRADIENT).sum())
-    return 100.0 * zero / max(len(labels), 1)
-
-
-def worst_case(columns: dict) -> torch.Tensor:
-    """Per image, right under every attack: the AND of each column's any-iterate bits. A column measured
-    on the first k images only (Square) counts for those k."""
-    n = max(len(c["correct_any_iterate"]) for c in columns.values())
-    right = torch.ones(n, dtype=torch.bool)
-    for c in columns.values():
-        bits = c["correct_any_iterate"]
-        right[:len(bits)] &= bits
-    return right
 
 
 def _pct(bits: torch.Tensor) -> float:
@@ -83,7 +55,7 @@ def report_cells(run) -> tuple[pd.DataFrame, pd.DataFrame]:
             continue
         model = run.model(exp)
         scores = column_scores(exp, model, x, y, specs, run.store, progress=run.progress, per_example=True)
-        worst = worst_case(scores)
+        worst = audits.worst_case(scores)
         square_n = scores["square"]["n"]
         for column in REPORT_COLUMNS:
             value = _pct(worst) if column == WORST else scores[column]["final"]
@@ -95,7 +67,7 @@ def report_cells(run) -> tuple[pd.DataFrame, pd.DataFrame]:
         curve = evaluate_white_box(exp, model, x, y, t1_specs, run.store, progress=run.progress)["eps_curve"]
         extras.append({"model": exp.label, "seed": exp.seed, "clean": scores["clean"]["final"],
                        "zero_gradient": cached_value(run.store, exp, x, "zero_gradient",
-                                                     lambda m=model: zero_gradient_share(m, x, y)),
+                                                     lambda m=model: audits.zero_gradient_share(m, x, y)),
                        "eps_end": list(curve.values())[-1], "transfer": transfer.get((exp.label, exp.seed)),
                        "white_20pgd": scores["pgd20x20"]["final"], **counts})
     return pd.DataFrame(records), pd.DataFrame(extras)
@@ -112,27 +84,8 @@ def _best_transfer(run) -> dict:
 
 def discordant(scores: dict) -> dict:
     """{column: (images it breaks that CE-PGD-20 leaves right, images CE-PGD-20 breaks that it leaves
-    right)} for each of STRONGER, on the images both scored (Square: its first ones). `scores` holds a
-    "correct" bool per image for "pgd20" and each of STRONGER (final iterate)."""
-    ce, out = scores["pgd20"]["correct"], {}
-    for column in STRONGER:
-        other = scores[column]["correct"]
-        out[column] = (int((ce[:len(other)] & ~other).sum()), int((~ce[:len(other)] & other).sum()))
-    return out
-
-
-def attack_flags(counts: dict, n_images: dict) -> list[str]:
-    """The reasons to flag a model: each attack of `counts` ({column: (breaks, spares)}, seeds pooled)
-    that leaves at least MIN_GAP points fewer images right than CE-PGD-20 on the same `n_images[column]`
-    images (summed over seeds), beyond chance (McNemar's exact test, one-sided p < SIGNIFICANCE)."""
-    reasons = []
-    for column, (breaks, spares) in counts.items():
-        gap = 100.0 * (breaks - spares) / max(n_images[column], 1)
-        p = binomtest(breaks, breaks + spares, 0.5, alternative="greater").pvalue if breaks else 1.0
-        if gap >= MIN_GAP and p < SIGNIFICANCE:
-            reasons.append(f"{TITLES[column]} {gap:.1f} points below CE-PGD-20 (breaks {breaks} images it "
-                           f"leaves right, spares {spares}; p = {p:.2g})")
-    return reasons
+    right)} for each of STRONGER, on the images both scored (Square: its first ones); `audits.discordant`."""
+    return {c: audits.discordant(scores["pgd20"]["correct"], scores[c]["correct"]) for c in STRONGER}
 
 
 def flags(summary: pd.DataFrame, extras: pd.DataFrame) -> dict:
@@ -147,7 +100,7 @@ def flags(summary: pd.DataFrame, extras: pd.DataFrame) -> dict:
     for model in pd.unique(summary["row"]):
         rows = extras[extras["model"] == model]
         counts = {c: (int(rows[f"{c}_breaks"].sum()), int(rows[f"{c}_spares"].sum())) for c in STRONGER}
-        reasons = attack_flags(counts, {c: int(s.loc[(model, c), "n_images"]) * len(rows) for c in STRONGER})
+        reasons = audits.attack_flags(counts, {c: int(s.loc[(model, c), "n_images"]) * len(rows) for c in STRONGER})
         transfer, white = rows["transfer"].astype(float).mean(), rows["white_20pgd"].mean()
         n = int(s.loc[(model, "pgd20"), "n_images"])
         if pd.notna(transfer) and wilson_interval(transfer, n)[1] < wilson_interval(white, n)[0]:

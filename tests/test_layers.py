@@ -9,7 +9,7 @@ LAYERS = [
     ("foundations", ["progress", "stats", "devices", "data", "loader", "models", "losses", "attacks"]),
     ("store", ["store"]),
     ("experiments", ["config", "protocol", "defenses", "training", "evaluation"]),
-    ("reports", ["report", "tables", "claims", "figures", "curves", "geometry", "masking", "abcl"]),
+    ("reports", ["report", "tables", "claims", "figures", "curves", "geometry", "masking", "audits", "abcl"]),
     ("run context and export", ["context", "export"]),
     ("face", ["cli", "runner", "executors", "plan", "bench", "colab", "__main__", "__init__"]),
 ]

@@ -7,9 +7,10 @@ import torch.nn as nn
 from conftest import DEVICE
 
 from reproduce.attacks import EPS, STEP, AttackSpec, attack
+from reproduce.audits import attack_flags, worst_case, zero_gradient_share
 from reproduce.evaluation import robust_scores
 from reproduce.geometry import geometry_metrics
-from reproduce.masking import STRONGER, attack_flags, discordant, worst_case, zero_gradient_share
+from reproduce.masking import STRONGER, discordant
 from reproduce.protocol import MASKING_COLUMNS, PGD20_COLUMN
 
 pytestmark = pytest.mark.slow

@@ -84,8 +84,8 @@ def test_every_path_gives_one_model_the_same_row(trained, tmp_path, capsys):
     rows = [table, _csv_row(tmp_path / "label.csv"), _csv_row(tmp_path / "dir.csv"), exported,
             _csv_row(tmp_path / "export.csv")]
     assert all(r == rows[0] for r in rows), rows
-    x = data_images(data)
-    assert rows[0]["clean"] == pytest.approx(accuracy(run.model, *x), abs=0.01)  # clean: computed another way
+    x, y = context.test_images()
+    assert rows[0]["clean"] == pytest.approx(accuracy(run.model, x, y), abs=0.01)  # clean: computed another way
     assert rows[0]["pgd20"] < rows[0]["clean"]  # the attacks did attack
 
 
@@ -150,7 +150,7 @@ def test_a_failed_start_leaves_no_run_folder(tmp_path):
 def test_the_store_lists_its_models_and_a_missing_label_names_them(trained, capsys):
     root, data, exp, run = trained
     (found,) = [m for m in list_models(root / "runs") if m["label"] == "SM-UM"]
-    assert found["budgets"] == "epochs=1, train_limit=200, val_limit=50" and found["status"] == "finished"
+    assert found["budgets"] == ", ".join(f"{k}={v}" for k, v in SETTINGS.items()) and found["status"] == "finished"
     assert found["folder"] == str(run.run_dir) and found["val_acc"] == run.result["kept_val_acc"]
     assert main(["models", "--runs", str(root / "runs")]) == 0
     assert run.run_dir.name in capsys.readouterr().out
