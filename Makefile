@@ -37,7 +37,7 @@ results:
 
 test: $(VENV)/.installed
 	$(PY) -m ruff check reproduce tests
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n auto --dist loadfile tests  # a worker per core, a file per worker (tests/conftest.py)
 
 # The core package alone (`pip install .`) in a new, empty environment (pip check, then an attack), and the
 # notebooks install resolved against Colab's packages (tests/install). CI runs it after the suite.

@@ -11,6 +11,19 @@ import pytest
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+
+def pytest_configure(config):
+    """Under pytest-xdist (`make test` runs one worker per core), each worker computes with its share of
+    the cores, and so do the kernels and processes it starts: two torch processes each at full width
+    spin against each other and run many times slower."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        import torch
+
+        threads = max(1, (os.cpu_count() or 1) // int(workers))
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 # The device of the device-side tests (the loader's gathers, a training run, every attack against
 # torchattacks): the CPU here and in CI; scripts/gpu_check.sh sets REPRODUCE_TEST_DEVICE=cuda.

@@ -98,11 +98,13 @@ def test_standard_autoattack_is_at_least_as_strong_as_torchattacks(fashion_model
     eps where images survive APGD-CE, so the targeted attacks and Square have work: never weaker beyond
     one image, and inside the eps-ball."""
     x, y = batch[0][:24], batch[1][:24]  # Square's 5000 queries on every survivor: the suite's dearest test
-    eps = 1 / 255
-    ours = attack(fashion_model, x, y, AttackSpec("autoattack", eps=eps, version="standard"))
-    theirs = torchattacks.AutoAttack(fashion_model, eps=eps, version="standard", n_classes=10, seed=0)(x, y)
     clean = _acc(fashion_model, x, y)
-    assert _acc(fashion_model, theirs, y) < clean  # the eps breaks some, not all
+    for eps in (1 / 255, 2 / 255):  # the first that breaks some (the model's weights vary with the thread count)
+        theirs = torchattacks.AutoAttack(fashion_model, eps=eps, version="standard", n_classes=10, seed=0)(x, y)
+        if _acc(fashion_model, theirs, y) < clean:
+            break
+    assert 0 < _acc(fashion_model, theirs, y) < clean  # the eps breaks some, not all
+    ours = attack(fashion_model, x, y, AttackSpec("autoattack", eps=eps, version="standard"))
     assert _acc(fashion_model, ours, y) <= _acc(fashion_model, theirs, y) + 100 / len(y)
     assert (ours - x).abs().max() <= eps + 1e-6 and 0 <= ours.min() and ours.max() <= 1
 

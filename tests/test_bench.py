@@ -70,4 +70,4 @@ def test_plan_refuses_a_fill_without_times(tmp_path, capsys):
     fill = tmp_path / "fill.json"
     fill.write_text('{"models": 5, "one_process_s": 10, "workers_s": 0}')
     assert main(["plan", "--profile", "quick", "--fill", str(fill)]) == 2
-    assert "workers_s above 0" in capsys.readouterr().err
+    assert "workers_s=0; each must be a number above 0" in capsys.readouterr().err
