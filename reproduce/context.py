@@ -133,8 +133,8 @@ def start(profile: str | None = None, dataset: str | None = None, *, objectives:
           progress: bool = True, quiet: bool = False) -> Run:
     """The run context of a notebook or a command: the profile (None: config.default_profile, whose
     reason is printed) with its `budgets` changed, the dataset (None: $DATASET, else cifar10), and the
-    folders (None: runs/, data/ and figures/ of
-    the checkout). Prints one line saying what runs where, unless `quiet`."""
+    folders (None: runs/, data/ and figures/ of the checkout). Prints one line saying what runs where,
+    unless `quiet`."""
     from .devices import resolve_device
 
     name, why = (profile, "") if profile else default_profile()

@@ -46,11 +46,12 @@ def ipc_kernel_manager():
     and ipykernel has no "running over TCP without encryption" warning to print. The sockets are files
     in the temporary folder, removed when the kernel shuts down."""
     from jupyter_client.manager import KernelManager
-    from traitlets import Unicode
+    from traitlets import Unicode, default
 
     class IPCKernelManager(KernelManager):
         transport = Unicode("ipc")
 
+        @default("ip")
         def _ip_default(self):
             return os.path.join(tempfile.gettempdir(), f"reproduce-kernel-{uuid.uuid4().hex[:12]}")
 
