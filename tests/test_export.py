@@ -169,3 +169,19 @@ def test_a_file_runs_no_code_unless_the_user_says_so(trained, tmp_path, capsys, 
         (tmp_path / bad).write_bytes(content)
         with pytest.raises(ValueError):
             load_module(tmp_path / bad, "cpu")
+
+
+def test_a_folder_holding_a_run_and_an_export_is_named(trained, tmp_path):
+    """An export written into another run's folder must not make load_model return the exported model."""
+    import shutil
+
+    from reproduce.export import experiment_of
+
+    _, _, exp, run = trained
+    copy = tmp_path / run.run_dir.name
+    shutil.copytree(run.run_dir, copy)
+    (copy / "experiment.json").write_text((copy / "config.json").read_text())
+    with pytest.raises(ValueError, match="holds both a run"):
+        experiment_of(copy)
+    with pytest.raises(ValueError, match="holds both a run"):
+        load_model(copy, device="cpu")
