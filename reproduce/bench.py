@@ -363,6 +363,9 @@ def summarise_check(out: str | Path) -> dict:
         steps["fill"]["workers"] = _runs_summary(_trained_runs(out / "fill-many"), fill["workers_s"])
     if "table1" in steps:
         steps["table1"].update(_runs_summary(_trained_runs(out / "runs"), None))
+    if "audit" in steps and (out / "audit" / "audit.json").exists():
+        audited = json.loads((out / "audit" / "audit.json").read_text())
+        steps["audit"].update(flagged=audited["flagged"], reasons=audited["reasons"], n=audited["n"])
     (out / "summary.json").write_text(json.dumps(steps, indent=2) + "\n")
     lines = ["| step | seconds | status | images/s | peak GPU memory (GiB) | device |", "|---|---|---|---|---|---|"]
     for name, s in steps.items():

@@ -11,7 +11,8 @@
 # against torchattacks); 2. `bench --compile` (epoch times at width 64, the bf16 attack gap, torch.compile
 # against eager); 3. several models at once on one device (the grid's local workers) against one process;
 # 4. `plan` of the quick profile from that bench and that fill; 5. Table I of SM-UM, SM-AT, AAML-UM and AAML-AT at full
-# width on the whole Fashion-MNIST. The quick profile compiles (steps 4 and 5 run compiled).
+# width on the whole Fashion-MNIST; 6. the robustness audit of AAML-UM on CUDA. The quick profile compiles
+# (steps 4 and 5 run compiled).
 # A failed step is logged and the next one still runs; the exit status says whether all passed.
 set -uo pipefail
 OUT=${1:?usage: scripts/gpu_check.sh OUTDIR [--tiny]}
@@ -80,6 +81,9 @@ step plan bash -c "$PY -m reproduce plan --profile $PROFILE --bench '$OUT/bench.
   \$([ -f '$OUT/fill.json' ] && echo --fill '$OUT/fill.json') --hours 2 | tee '$OUT/plan.txt'"
 step table1 $PY -m reproduce table1 --profile $PROFILE --dataset fashion-mnist --device $DEVICE --train --quiet \
   --only SM-UM SM-AT AAML-UM AAML-AT "${BUDGET[@]}" --out "$OUT/table1"
+# the robustness audit on CUDA, of a model the table1 step trained (its columns from the store's caches)
+step audit $PY -m reproduce audit AAML-UM --profile $PROFILE --dataset fashion-mnist --device $DEVICE --quiet \
+  "${BUDGET[@]}" --out "$OUT/audit"
 
 $PY -c "from reproduce.bench import summarise_check; summarise_check('$OUT')" && cat "$OUT/summary.md"
 echo "results in $OUT; failed steps: ${failed[*]:-none}"
