@@ -198,12 +198,14 @@ class Audit:
 
 
 def audit(model, images, labels, eps: float = EPS, *, profile: Profile | str = "smoke", surrogate=None,
-          device=None, experiment=None, store=None, key: str = FOREIGN_KEY, progress: bool = False) -> Audit:
+          device=None, experiment=None, store=None, key: str = FOREIGN_KEY, progress: bool = False,
+          iterations=ITERATION_SWEEP) -> Audit:
     """Audit `model` (any torch.nn.Module mapping images in [0, 1] to logits; evaluated in float32, in eval
     mode, on `device`) on `images` (uint8 or float, any number of channels) and `labels`, at L-inf `eps`.
     `profile` sets the budgets (restarts, steps, queries; `smoke` by default); `surrogate`, a model whose
-    20PGD images are transferred. Every attack is seeded by `evaluation.column_seed` from `key` (or the
-    `experiment`'s key); with `experiment` and `store` the store's caches are read and filled."""
+    20PGD images are transferred; `iterations`, the PGD steps of the curve against steps. Every attack is
+    seeded by `evaluation.column_seed` from `key` (or the `experiment`'s key); with `experiment` and
+    `store` the store's caches are read and filled."""
     if not 0 < eps <= 1:
         raise ValueError(f"eps must be in (0, 1] (images live in [0, 1]); got {eps}")
     profile = get_profile(profile)
@@ -262,7 +264,7 @@ def audit(model, images, labels, eps: float = EPS, *, profile: Profile | str = "
                                                           for e in EPS_SWEEP}, measured),
         "steps": _curve(model, images, labels, key, "steps", {str(k): replace(at_eps(base20, eps), steps=k,
                                                                               label=f"pgd{k}")
-                                                              for k in ITERATION_SWEEP}, measured),
+                                                              for k in iterations}, measured),
         "logit_scale": _curve(model, images, labels, key, "logit_scale", {
             f"{t:g}": replace(at_eps(base20, eps), logit_scale=t, label=f"pgd20_T{t:g}") for t in LOGIT_SCALES},
             measured),
