@@ -40,6 +40,8 @@ from .devices import resolve_device
 from .evaluation import (
     EPS_SWEEP,
     FOREIGN_KEY,
+    ORDER_TOLERANCE,
+    cached_value,
     check_logits,
     column_seed,
     robust_scores,
@@ -57,7 +59,6 @@ SIGNIFICANCE = 0.025  # one-sided McNemar: a paired 95% interval of the differen
 MIN_GAP = 5.0  # points: a sound model often loses 1-3 points to an attack stronger than PGD-20; masking, more
 MOST = 50.0  # percent of images with a zero CE gradient above which CE attacks mostly cannot move
 EPS_END_MAX = 10.0  # percent: PGD accuracy at eps 128/255 above this has not fallen as it must
-ORDER_TOLERANCE = 1.0  # points of sampling noise between two points of the eps curve
 SCALE_INVARIANT = ("pgd20_cw", "apgd_dlr", "apgd_t")
 TITLES = {"clean": "Clean", "fgsm": "FGSM", "bim7": "BIM (7)", "pgd7": "PGD (7)", "pgd20": "CE-PGD-20",
           "pgd20x20": "20PGD (20)", "mim40": "MIM (40)", "aa": "AutoAttack", "pgd20_cw": "CW-PGD-20",
@@ -211,10 +212,7 @@ def audit(model, images, labels, eps: float = EPS, *, profile: Profile | str = "
     profile = get_profile(profile)
     device = resolve_device(device)
     model = _float32(model).to(device).eval()
-    num_classes = int(labels.max()) + 1
-    check_logits(model, images, num_classes)
-    with torch.no_grad():
-        classes = model(images[:1].to(device).float() / (255 if images.dtype == torch.uint8 else 1)).shape[1]
+    classes = check_logits(model, images, int(labels.max()) + 1)
     key = experiment.key if experiment is not None else key
     cached = dict(experiment=experiment, store=store) if eps == EPS else {}  # the caches hold eps 8/255 only
     gradient_specs = [at_eps(s, eps) for s in TABLE1.specs(profile)]
@@ -251,7 +249,8 @@ def audit(model, images, labels, eps: float = EPS, *, profile: Profile | str = "
         "gradient attacks, beyond chance" + ("" if surrogate is not None else " (no surrogate: transfer not run)"),
         counts=counts)
     # 3. zero gradients
-    share = zero_gradient_share(model, images, labels)
+    count = lambda: zero_gradient_share(model, images, labels)  # noqa: E731
+    share = cached_value(store, experiment, images, "zero_gradient", count) if cached.get("store") else count()
     per_check["zero CE gradients"] = _check(
         [f"{share:.1f}% of test images have a zero CE input gradient: CE attacks cannot move them"] if share > MOST
         else [], f"{share:.1f}% of test images have a zero CE input gradient (flagged above {MOST:g}%)", share=share)

@@ -48,10 +48,10 @@ def predicts_right(model, x, y, bf16: bool = False) -> torch.Tensor:
 
 
 @torch.no_grad()
-def check_logits(model, images, num_classes: int) -> None:
+def check_logits(model, images, num_classes: int) -> int:
     """A model any table may attack: on a few of `images` it returns finite logits, one per image and at
-    least one per class. Anything else is one ValueError, before any attack runs (a model with NaN logits
-    would otherwise score chance in every column)."""
+    least one per class; returns how many logits. Anything else is one ValueError, before any attack runs (a
+    model with NaN logits would otherwise score chance in every column)."""
     params = list(model.parameters())
     device = params[0].device if params else torch.device("cpu")
     x = images[:8].to(device)
@@ -68,6 +68,7 @@ def check_logits(model, images, num_classes: int) -> None:
     if not torch.isfinite(logits).all():
         raise ValueError("the model's logits are not finite (NaN or inf) on the test images; its accuracy under "
                          "attack would mean nothing")
+    return logits.shape[1]
 
 
 def accuracy(model, images, labels, *, batch_size: int = 250, bf16: bool = False) -> float:
