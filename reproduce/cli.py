@@ -195,7 +195,7 @@ def cmd_run(args) -> int:
     return run_notebooks(args.profile, args.dataset, device=args.device, runs_dir=args.runs,
                          data_dir=args.data, figures_dir=args.figures, only=args.only,
                          objectives=args.objectives, quiet=args.quiet,
-                         profile_overrides=_key_values(args.budget))
+                         profile_overrides=_key_values(args.budget), parallel=args.parallel, threads=args.threads)
 
 
 def cmd_bench(args) -> int:
@@ -410,6 +410,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--figures", default=None, help="where tables and figures go (default: figures/ of the checkout)")
     p.add_argument("--only", nargs="*", help="run only these notebooks (e.g. 03 04)")
+    p.add_argument("--parallel", type=int, default=None, metavar="N",
+                   help="notebooks run at once, a notebook starting when those it reads have finished (default: "
+                        "2 on a CPU, each kernel at half the threads; 1 on a GPU)")
     _budget_option(p)
     p.set_defaults(func=cmd_run)
 

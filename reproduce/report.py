@@ -2,10 +2,14 @@
 times, the experiments and their status, every table's sanity flags)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
+import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
+
+from filelock import FileLock
 
 from .store import write_json
 
@@ -23,15 +27,19 @@ def now() -> str:
 
 
 def update_manifest(out_dir: Path, **fields) -> dict:
-    """Merge fields into manifest.json (dicts are merged one level deep)."""
+    """Merge fields into manifest.json (dicts are merged one level deep). Notebooks that run at once each
+    merge into it, so the read-merge-write holds a lock: one kept in the temporary folder, named after the
+    manifest's path, which leaves the output folder with outputs alone."""
     path = Path(out_dir) / "manifest.json"
-    manifest = json.loads(path.read_text()) if path.exists() else {}
-    for k, v in fields.items():
-        if isinstance(v, dict) and isinstance(manifest.get(k), dict):
-            manifest[k].update(v)
-        else:
-            manifest[k] = v
-    write_json(path, manifest)
+    digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
+    with FileLock(str(Path(tempfile.gettempdir()) / f"reproduce-manifest-{digest}.lock")):
+        manifest = json.loads(path.read_text()) if path.exists() else {}
+        for k, v in fields.items():
+            if isinstance(v, dict) and isinstance(manifest.get(k), dict):
+                manifest[k].update(v)
+            else:
+                manifest[k] = v
+        write_json(path, manifest)
     return manifest
 
 

@@ -6,7 +6,7 @@ import torch
 
 from reproduce import abcl
 from reproduce.config import get_profile, make_experiment
-from reproduce.losses import loss_recipe
+from reproduce.losses import loss_parameters, loss_recipe
 from reproduce.models import build_model
 from reproduce.training import make_optimizer
 
@@ -50,3 +50,27 @@ def test_claims_follow_the_numbers():
     assert "does not hold here" in fails[0]
     assert "(0, 0) (45.0%)" in fails[1]  # the most robust cell, printed as plain numbers
     assert "300 test images: its 95% interval is about ±4." in fails[-1]
+
+
+def test_the_k1k2_grid_at_zero_is_the_scale_sweeps_ht_sce_run_and_the_same_network():
+    """Appendix B's (0, 0) cell reuses Appendix C's HT-SCE run: the same training settings, and a network
+    that HT-SCE+AB at k1 = k2 = 0 would have built identically (same weights, same loss on a batch)."""
+    from reproduce.context import Run
+
+    run = Run("smoke", "fashion-mnist")
+    cell = abcl.k1k2_experiment(run, 0, 0)
+    sweep = abcl.scale_sweep.__defaults__[0]  # the scales Appendix C trains
+    default_s = loss_parameters("HT-SCE")["s"]
+    assert default_s in sweep
+    paper = make_experiment("HT-SCE", "UM", "smoke", "fashion-mnist", objectives="paper", loss_params={"s": default_s})
+    assert cell.key == paper.key
+    ab = make_experiment("HT-SCE+AB", "UM", "smoke", "fashion-mnist", objectives="paper",
+                         loss_params={"k1": 0.0, "k2": 0.0})
+    same = ("optimizer", "lr", "epochs", "batch_size", "seed", "width", "train_limit", "keep", "augment")
+    assert all(getattr(ab, f) == getattr(cell, f) for f in same)
+    a, b = build_model(ab, 1, 10), build_model(cell, 1, 10)
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+    torch.manual_seed(0)
+    x, y = torch.rand(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    assert torch.equal(a.loss(x, y)[0], b.loss(x, y)[0]) and torch.equal(a(x), b(x))
+    assert abcl.k1k2_experiment(run, 512, 64).loss == "HT-SCE+AB"

@@ -1,0 +1,90 @@
+"""Notebooks run two at once on a CPU: each kernel at its share of the threads, a notebook only after those
+it reads, and a failure stops what has not started."""
+import json
+import os
+import re
+
+import nbformat
+import pytest
+import torch
+from conftest import write_cifar10
+
+from reproduce import runner
+from reproduce.runner import NOTEBOOKS, notebooks_at_once, run_notebooks
+
+
+def _stand_ins(folder, fail=()):
+    """A notebook per name of NOTEBOOKS that records when it ran and at how many threads (and, for a name
+    in `fail`, raises in its second cell)."""
+    folder.mkdir()
+    for name in NOTEBOOKS:
+        nb = nbformat.v4.new_notebook()
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        crash = "raise ValueError('broken on purpose')" if name in fail else ""
+        record = os.path.join(str(folder), name + ".json")
+        body = (f"import json, os, time\nbegan = time.time()\ntime.sleep(1.5)\n{crash}\n"
+                f"open({record!r}, 'w').write(json.dumps("
+                "{'began': began, 'ended': time.time(), 'threads': os.environ.get('OMP_NUM_THREADS')}))")
+        nb.cells = [nbformat.v4.new_code_cell("profile = None", metadata={"tags": ["parameters"]}),
+                    nbformat.v4.new_code_cell(body)]
+        nbformat.write(nb, folder / name)
+    return folder
+
+
+def _times(folder):
+    return {n: json.loads((folder / f"{n}.json").read_text()) for n in NOTEBOOKS if (folder / f"{n}.json").exists()}
+
+
+def test_two_at_once_each_at_one_thread_after_what_they_read(tmp_path, capsys):
+    books = _stand_ins(tmp_path / "notebooks")
+    data = write_cifar10(tmp_path / "data", n_train=50, n_test=10)
+    rc = run_notebooks("smoke", "cifar10", device="cpu", runs_dir=tmp_path / "runs", data_dir=data,
+                       figures_dir=tmp_path / "figures", notebooks_dir=books, parallel=2, threads=1)
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    times = _times(books)
+    assert set(times) == set(NOTEBOOKS)
+    assert all(t["threads"] == "1" for t in times.values())
+    for name, needs in runner.NEEDS.items():  # a notebook began after each one it reads had ended
+        assert all(times[name]["began"] >= times[need]["ended"] for need in needs), name
+    events = sorted([(t["began"], 1) for t in times.values()] + [(t["ended"], -1) for t in times.values()])
+    running = [sum(step for _, step in events[:i + 1]) for i in range(len(events))]
+    assert max(running) == 2  # two at once, never three
+    assert "2 notebooks at once, 1 CPU thread(s) each" in printed and "all notebooks ran" in printed
+    manifest = json.loads((tmp_path / "figures" / "cifar10-smoke" / "manifest.json").read_text())
+    assert manifest["notebooks_at_once"] == 2 and manifest["environment"]["threads"] == 1
+    assert manifest["end_time"] and manifest["failed"] is None
+
+
+def test_a_failure_starts_nothing_more_and_names_the_notebook(tmp_path, capsys):
+    books = _stand_ins(tmp_path / "notebooks", fail=("02_training.ipynb",))
+    data = write_cifar10(tmp_path / "data", n_train=50, n_test=10)
+    rc = run_notebooks("smoke", "cifar10", device="cpu", runs_dir=tmp_path / "runs", data_dir=data,
+                       figures_dir=tmp_path / "figures", notebooks_dir=books, parallel=2, threads=1,
+                       only=["01", "02", "03", "04"])
+    printed = capsys.readouterr().out
+    assert rc == 1, printed
+    assert re.search(r"FAILED: 02_training.ipynb, cell \d+: ValueError: broken on purpose", printed), printed
+    # 01 ran beside 02 and finished; 03 and 04 read 02 and never started
+    assert set(_times(books)) == {"01_losses.ipynb"}
+    manifest = json.loads((tmp_path / "figures" / "cifar10-smoke" / "manifest.json").read_text())
+    assert manifest["failed"]["notebook"] == "02_training.ipynb"
+
+
+def test_the_defaults_and_what_is_refused(monkeypatch):
+    monkeypatch.setattr(runner.os, "cpu_count", lambda: 2)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert notebooks_at_once("cpu") == (2, 1)  # two kernels of one thread on 2 cores
+        assert notebooks_at_once("cuda") == (1, None)  # one notebook at a time on a GPU
+        assert notebooks_at_once("cpu", threads=2) == (1, 2)  # the threads asked for fill the cores
+        assert notebooks_at_once("cpu", parallel=1) == (1, None)  # as before: the kernel's own default
+        with pytest.raises(ValueError, match="4 threads on 2 cores"):
+            notebooks_at_once("cpu", parallel=2, threads=2)
+        with pytest.raises(ValueError, match="1 or more"):
+            notebooks_at_once("cpu", parallel=0)
+        torch.set_num_threads(1)
+        assert notebooks_at_once("cpu") == (1, None)  # a caller with one thread runs one notebook
+    finally:
+        torch.set_num_threads(previous)
