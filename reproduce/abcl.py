@@ -162,7 +162,7 @@ def k1k2_grid(run, k1_values=(0, 64, 512), k2_values=(0, 8, 64), defense="UM") -
                         ylabel="k1 (weight of L_I)" if ax is axes[0] else "", vmin=0, vmax=100,
                         cbar=ax is axes[-1])
     fig.suptitle(f"Appendix B: HT-SCE+AB ({defense}) accuracy (%) on {run.dataset}, {len(run.test_images()[1])} "
-                 "test images; (0, 0) is plain HT-SCE")
+                 f"test images, {exps[(k1_values[0], k2_values[0])].epochs} epochs; (0, 0) is plain HT-SCE")
     fig.tight_layout()
     figures.stamp(fig, run.profile)
     figures.save(fig, run.out_dir / "appendix_b_k1k2_grid.png")
@@ -173,10 +173,16 @@ def k1k2_experiment(run, k1, k2, defense="UM"):
     """Appendix B's cell (k1, k2). At (0, 0) the AB terms weigh nothing and the loss is plain HT-SCE, with
     the same recipe and initialisation: that cell is the HT-SCE run Appendix C's sweep trains at its
     default scale, trained once for both."""
-    paper = dataclasses.replace(run, objectives="paper")
     if k1 == k2 == 0:
-        return paper.experiment("HT-SCE", defense)
-    return paper.experiment("HT-SCE+AB", defense, loss_params={"k1": float(k1), "k2": float(k2)})
+        return grid_experiment(run, "HT-SCE", defense)
+    return grid_experiment(run, "HT-SCE+AB", defense, {"k1": float(k1), "k2": float(k2)})
+
+
+def grid_experiment(run, loss, defense="UM", loss_params=None):
+    """A model of Appendix B's or C's grid: the paper's objectives, at the profile's `grid_epochs` (the
+    grids compare their cells at one budget, which may be below Table I's)."""
+    epochs = {"epochs": run.profile.grid_epochs} if run.profile.grid_epochs else {}
+    return dataclasses.replace(run, objectives="paper").experiment(loss, defense, loss_params=loss_params, **epochs)
 
 
 SCALE_SWEEP_LOSSES = {"HT-SCE": ("HT-SCE", {}), "HT-SCE+AB (512, 64)": ("HT-SCE+AB", {})}
@@ -185,8 +191,7 @@ SCALE_SWEEP_LOSSES = {"HT-SCE": ("HT-SCE", {}), "HT-SCE+AB (512, 64)": ("HT-SCE+
 def scale_sweep(run, scales=tuple(range(1, 11)), losses=None, defense="UM") -> pd.DataFrame:
     """Appendix C: accuracy against the scale s, for plain HT-SCE and HT-SCE+AB: a panel per column
     (clean and each attack), a line per loss."""
-    paper = dataclasses.replace(run, objectives="paper")
-    exps = {(name, s): paper.experiment(loss, defense, loss_params=dict(params, s=float(s)))
+    exps = {(name, s): grid_experiment(run, loss, defense, dict(params, s=float(s)))
             for name, (loss, params) in (losses or SCALE_SWEEP_LOSSES).items() for s in scales}
     df = _evaluate_grid(run, exps, ("loss", "s"))
     df.to_csv(run.out_dir / "appendix_c_scale_sweep.csv", index=False, float_format="%.2f")
@@ -198,7 +203,7 @@ def scale_sweep(run, scales=tuple(range(1, 11)), losses=None, defense="UM") -> p
     figures.curve_panels(long, "s", "column", "loss", run.out_dir / "appendix_c_scale_sweep.png",
                          x_label="scale s", profile=run.profile,
                          title=f"Appendix C: accuracy (%) against the scale s ({defense}, {run.dataset}, {n} test "
-                               "images; band: 95% Wilson interval)")
+                               f"images, {next(iter(exps.values())).epochs} epochs; band: 95% Wilson interval)")
     return df
 
 

@@ -216,12 +216,53 @@ def run_benchmarks(device=None, smoke: bool = False, json_path: str | Path | Non
         results.update(_bf16_attack_check(device, xs, ys))
     if compiled:
         results.update(_compiled_vs_eager(device, width, ours, batch, xe, ye, spec, repeats))
+    if device.type == "cpu" and torch.get_num_threads() >= 2:
+        results.update(side_by_side(n, batch, repeats))
     results["peak_memory_gib"] = peak_memory_gib(device)
 
     if json_path:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(results, indent=2) + "\n")
     return results
+
+
+def _epoch_rate(n: int, batch: int, threads: int, repeats: int, barrier=None) -> float:
+    """Images per second of a smoke-profile UM training epoch at `threads` CPU threads, median of
+    `repeats` after a warm-up; with a `barrier`, every timed epoch starts with the other processes'."""
+    torch.set_num_threads(threads)
+    images, labels = random_cifar(n)
+    loader = DeviceLoader(images, labels, batch, shuffle=True, augment=True, device=torch.device("cpu"),
+                          drop_last=True)
+    model = build_model(make_experiment("SM", "UM", "smoke", "cifar10"), 3, 10)
+    run = training_epoch(model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9), loader,
+                         torch.device("cpu"))
+    run()
+    times = []
+    for _ in range(repeats):
+        if barrier is not None:
+            barrier.wait()
+        t0 = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t0)
+    return len(loader) * batch / statistics.median(times)
+
+
+def side_by_side(n: int, batch: int, repeats: int) -> dict:
+    """7. The CPU's threads split between processes against one process using them all: a UM training
+    epoch in one process at every thread, then one process per thread, each at one thread, all timing
+    the same epochs at once (what `python -m reproduce run` does with two notebooks on a CPU)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    threads = torch.get_num_threads()
+    one = _epoch_rate(n, batch, threads, repeats)
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Manager().Barrier(threads)
+    with ProcessPoolExecutor(threads, mp_context=context) as pool:
+        rates = list(pool.map(_epoch_rate, *zip(*[(n, batch, 1, repeats, barrier)] * threads)))
+    torch.set_num_threads(threads)
+    return {"one_process_all_threads_img_s": one, "one_thread_processes": threads,
+            "one_thread_processes_img_s": sum(rates), "one_thread_processes_speedup": sum(rates) / one}
 
 
 def training_epoch(model, opt, loader, device, defense: str = "UM", spec=None):
@@ -306,7 +347,7 @@ def _bf16_attack_check(device, x, y) -> dict:
 
 
 TARGETS_CPU = {"loader_speedup": 10, "train_step_speedup": 1.5, "pgd_speedup_vs_torchattacks": 1.0,
-               "restarts_speedup": 5}
+               "restarts_speedup": 5, "one_thread_processes_speedup": 1.5}
 
 
 def format_results(results: dict) -> str:

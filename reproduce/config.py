@@ -32,6 +32,7 @@ class Profile:
     mim_steps: int = 40
     tsne_points: int = 1000
     sweep_epochs: int | None = None  # epochs of Table IV's 20 AAML-AT models (None: `epochs`, as Table I's)
+    grid_epochs: int | None = None  # epochs of the appendix's B and C grids, 27 UM models (None: `epochs`)
     seeds: int = 1  # each table model is trained this many times (seeds 0, 1, ...); tables show mean and spread
     autoattack: str = "standard"  # Table I's AA column: "standard" AutoAttack, or "apgd" (APGD-CE + APGD-DLR)
     autoattack_steps: int = 100  # APGD steps of the "apgd" version
@@ -46,10 +47,11 @@ class Profile:
 
 
 PROFILES = {
-    # Every notebook on 2 CPU cores in minutes. Thin network, a slice of the data, few restarts.
+    # Every notebook on 2 CPU cores in minutes. Thin network, a slice of the data, few restarts; the
+    # sweeps (Table IV, appendix B and C: 47 models) at half of Table I's epochs.
     "smoke": Profile("smoke", width=16, epochs=4, batch_size=128, lr=0.2, schedule="onecycle",
                      train_limit=10000, adv_train_limit=1500, adv_batch_size=32, val_limit=500, test_limit=300,
-                     restarts=3,
+                     restarts=3, sweep_epochs=2, grid_epochs=2,
                      mim_steps=40, tsne_points=300, autoattack="apgd", autoattack_steps=20,
                      apgd_steps=20, apgd_targets=3, square_queries=300, square_images=100),
     # Full ResNet-18 and full data, short one-cycle schedules: every table on one H200 in about two hours.

@@ -89,6 +89,8 @@ def speedups(run, rates: dict | None, fill: dict | None = None) -> tuple[dict, l
     prof = run.profile
     if prof.sweep_epochs and prof.sweep_epochs != prof.epochs:
         notes.append(f"Table IV's budget: its 20 models at {prof.sweep_epochs} epochs instead of {prof.epochs}")
+    if prof.grid_epochs and prof.grid_epochs != prof.epochs:
+        notes.append(f"the appendix grids' budget: their models at {prof.grid_epochs} epochs instead of {prof.epochs}")
     notes.append(f"batch size: {prof.batch_size} (the bench measures {rates.get('batch_size', '?')})"
                  if rates else f"batch size: {prof.batch_size}")
     return {"train": train, "attack": attack}, notes
@@ -129,11 +131,14 @@ def plan(run, rates: dict | None = None, fill: dict | None = None) -> tuple[list
     rows += _masking_rows(run, n_test)
     rows.append({"what": "robustness against PGD iterations, 4 models", "group": "curves", "notebook": "03",
                  "passes": prof.seeds * 4 * n_test * sum(ITERATION_SWEEP)})
-    appendix = 9 + 10 * len(SCALE_SWEEP_LOSSES) + 5  # (k1, k2) grid, scale sweep, recipe search: UM ResNets
+    # (k1, k2) grid and scale sweep (two cells shared), the recipe search: UM ResNets
+    grids, recipes = 9 + 10 * len(SCALE_SWEEP_LOSSES) - 2, 5
+    appendix = grids + recipes
     n_train = min(TRAIN_IMAGES[run.dataset], prof.train_limit or TRAIN_IMAGES[run.dataset])
     per_cell = sum(passes(c.spec(prof)) for c in APPENDIX_COLUMNS)
     rows.append({"what": f"appendix B/C: {appendix} UM models, training", "group": "appendix", "notebook": "06",
-                 "passes": appendix * n_train * prof.epochs, "kind": "train"})
+                 "passes": (grids * (prof.grid_epochs or prof.epochs) + recipes * prof.epochs) * n_train,
+                 "kind": "train"})
     rows.append({"what": f"appendix B/C: {appendix} UM models, evaluation", "group": "appendix", "notebook": "06",
                  "passes": appendix * n_test * per_cell})
     faster, _ = speedups(run, rates, fill)

@@ -156,8 +156,17 @@ def run_notebooks(profile: str | None = None, dataset: str | None = None, *, dev
     params = dict(profile=profile, dataset=dataset, device=run.device, runs_dir=str(runs_dir),
                   data_dir=str(data_dir), figures_dir=str(figures_dir), profile_overrides=profile_overrides or {},
                   objectives=objectives)
+    waited_for = {n for needs in NEEDS.values() for n in needs}
+
+    def arguments(name):
+        # A notebook others wait for (02, 03) trains or evaluates its grid with `parallel` worker processes
+        # (executors.py: bitwise what one process gives), so it also takes the cores the notebook beside it
+        # leaves idle and the ones after it start sooner.
+        mine = dict(params, executor="local", workers=parallel) if parallel > 1 and name in waited_for else params
+        return name, notebooks_dir, executed_dir, mine, quiet, threads
+
     total_start = time.perf_counter()
-    failed = _schedule(names, parallel, lambda name: (name, notebooks_dir, executed_dir, params, quiet, threads))
+    failed = _schedule(names, parallel, arguments)
     if failed:
         name, outcome = failed
         print(f"FAILED: {name}, cell {outcome['cell']}: {outcome['error']}\n"

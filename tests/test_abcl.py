@@ -62,10 +62,9 @@ def test_the_k1k2_grid_at_zero_is_the_scale_sweeps_ht_sce_run_and_the_same_netwo
     sweep = abcl.scale_sweep.__defaults__[0]  # the scales Appendix C trains
     default_s = loss_parameters("HT-SCE")["s"]
     assert default_s in sweep
-    paper = make_experiment("HT-SCE", "UM", "smoke", "fashion-mnist", objectives="paper", loss_params={"s": default_s})
-    assert cell.key == paper.key
-    ab = make_experiment("HT-SCE+AB", "UM", "smoke", "fashion-mnist", objectives="paper",
-                         loss_params={"k1": 0.0, "k2": 0.0})
+    assert cell.key == abcl.grid_experiment(run, "HT-SCE", "UM", {"s": float(default_s)}).key  # Appendix C's cell
+    assert cell.epochs == run.profile.grid_epochs
+    ab = abcl.grid_experiment(run, "HT-SCE+AB", "UM", {"k1": 0.0, "k2": 0.0})
     same = ("optimizer", "lr", "epochs", "batch_size", "seed", "width", "train_limit", "keep", "augment")
     assert all(getattr(ab, f) == getattr(cell, f) for f in same)
     a, b = build_model(ab, 1, 10), build_model(cell, 1, 10)

@@ -71,3 +71,22 @@ def test_plan_refuses_a_fill_without_times(tmp_path, capsys):
     fill.write_text('{"models": 5, "one_process_s": 10, "workers_s": 0}')
     assert main(["plan", "--profile", "quick", "--fill", str(fill)]) == 2
     assert "workers_s=0; each must be a number above 0" in capsys.readouterr().err
+
+
+def test_side_by_side_times_one_process_and_one_thread_processes():
+    """Benchmark 7 (CPU only, skipped by `bench` when the caller has one thread, as under `make test`'s
+    workers): both sides time real epochs and the ratio is theirs."""
+    import torch
+
+    from reproduce.bench import side_by_side
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        found = side_by_side(256, 64, 1)
+    finally:
+        torch.set_num_threads(previous)
+    assert found["one_thread_processes"] == 2
+    assert found["one_process_all_threads_img_s"] > 0 and found["one_thread_processes_img_s"] > 0
+    assert found["one_thread_processes_speedup"] == pytest.approx(
+        found["one_thread_processes_img_s"] / found["one_process_all_threads_img_s"])

@@ -113,7 +113,7 @@ def test_a_foreign_module_gets_a_stated_fixed_seed(trained, tmp_path, capsys):
     path = tmp_path / "module.pt"
     torch.save(run.model, path)
     args = ["evaluate", str(path), "--profile", "smoke", "--dataset", "fashion-mnist", "--data", str(data),
-            "--quiet", "--runs", str(tmp_path / "runs"), "--trust-pickle"]
+            "--quiet", "--runs", str(tmp_path / "runs"), "--trust-pickle", "--budget=test_limit=100"]
     assert main(args + ["--out", str(tmp_path / "a.csv")]) == 0
     assert "seeded from 'module'" in capsys.readouterr().out
     assert main(args + ["--out", str(tmp_path / "b.csv")]) == 0

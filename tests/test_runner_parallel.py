@@ -24,7 +24,8 @@ def _stand_ins(folder, fail=()):
         record = os.path.join(str(folder), name + ".json")
         body = (f"import json, os, time\nbegan = time.time()\ntime.sleep(1.5)\n{crash}\n"
                 f"open({record!r}, 'w').write(json.dumps("
-                "{'began': began, 'ended': time.time(), 'threads': os.environ.get('OMP_NUM_THREADS')}))")
+                "{'began': began, 'ended': time.time(), 'threads': os.environ.get('OMP_NUM_THREADS'), "
+                "'workers': globals().get('workers', 1)}))")
         nb.cells = [nbformat.v4.new_code_cell("profile = None", metadata={"tags": ["parameters"]}),
                     nbformat.v4.new_code_cell(body)]
         nbformat.write(nb, folder / name)
@@ -45,6 +46,8 @@ def test_two_at_once_each_at_one_thread_after_what_they_read(tmp_path, capsys):
     times = _times(books)
     assert set(times) == set(NOTEBOOKS)
     assert all(t["threads"] == "1" for t in times.values())
+    # the notebooks others wait for (02 and 03) ran their grids with two workers; the others as they are
+    assert {n for n, t in times.items() if t["workers"] == 2} == {"02_training.ipynb", "03_white_box.ipynb"}
     for name, needs in runner.NEEDS.items():  # a notebook began after each one it reads had ended
         assert all(times[name]["began"] >= times[need]["ended"] for need in needs), name
     events = sorted([(t["began"], 1) for t in times.values()] + [(t["ended"], -1) for t in times.values()])
