@@ -347,7 +347,7 @@ def _bf16_attack_check(device, x, y) -> dict:
 
 
 TARGETS_CPU = {"loader_speedup": 10, "train_step_speedup": 1.5, "pgd_speedup_vs_torchattacks": 1.0,
-               "restarts_speedup": 5, "one_thread_processes_speedup": 1.5}
+               "restarts_speedup": 5}
 
 
 def format_results(results: dict) -> str:

@@ -68,11 +68,11 @@ def notebooks_at_once(device, parallel: int | None = None, threads: int | None =
     """How many notebooks run at once, and at how many CPU threads each (None: the kernel's default).
 
     On a CPU the default is two, each with half of the caller's threads: on 2 cores a smoke-profile
-    network trains at 1.05x the speed with two threads as with one, and two one-thread kernels side by
-    side each keep 98% of one kernel's speed (docs/BENCHMARKS.md), so two at once nearly halve the wall
-    time. On a GPU the default is one: a second notebook would share the GPU, a gain nobody has measured.
-    The thread count decides float sums on a CPU, so every kernel runs at the same one, and the numbers
-    do not depend on which notebook trained a model the other also needs."""
+    training runs 1.1x faster at two threads than at one, while two one-thread kernels side by side each
+    keep about 93% of one's speed (docs/BENCHMARKS.md), so two at once do nearly twice the work. On a GPU
+    the default is one: a second notebook would share the GPU, a gain nobody has measured. The thread count
+    decides float sums on a CPU, so every kernel runs at the same one, and the numbers do not depend on
+    which notebook trained a model the other also needs."""
     import torch
 
     available = torch.get_num_threads()

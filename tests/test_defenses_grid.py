@@ -67,8 +67,11 @@ def test_grid_shapes():
     assert len({e.key for e in t1}) == 15
     t4 = table4_experiments(run)
     assert len(t4) == 20 and all(e.label == "AAML-AT" for e in t4)
-    # Table IV's (m = 0.2, s = 2) is Table I's AAML-AT: trained once
-    assert t1[-2].key in {e.key for e in t4}
+    # the smoke profile trains Table IV at its own budget (sweep_epochs): no cell is Table I's AAML-AT ...
+    assert t1[-2].key not in {e.key for e in t4} and {e.epochs for e in t4} == {run.profile.sweep_epochs}
+    # ... while at Table I's epochs (colab), (m = 0.2, s = 2) is Table I's AAML-AT: trained once
+    colab = Run("colab", "cifar10")
+    assert table1_experiments(colab)[-2].key in {e.key for e in table4_experiments(colab)}
     both = TABLE2.experiments(run)
     assert len(both) == 20 and {e.seed for e in both[15:]} == {1000}
     assert list(TABLES) == ["table1", "table2", "table3", "table4"]
