@@ -91,3 +91,26 @@ def test_the_defaults_and_what_is_refused(monkeypatch):
         assert notebooks_at_once("cpu") == (1, None)  # a caller with one thread runs one notebook
     finally:
         torch.set_num_threads(previous)
+
+
+def _merge_many(out, worker: int, n: int, barrier) -> None:
+    from reproduce.report import update_manifest
+
+    barrier.wait()  # both start merging at the same moment
+    for k in range(n):
+        update_manifest(out, experiments={f"w{worker}-{k}": k})
+
+
+def test_two_processes_merging_into_the_manifest_lose_nothing(tmp_path):
+    """Two kernels record their experiments into one manifest.json at once: every entry of both survives
+    (without the lock, a read-merge-write between the other's read and write drops entries)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Manager().Barrier(2)
+    with ProcessPoolExecutor(2, mp_context=context) as pool:
+        list(pool.map(_merge_many, [tmp_path] * 2, [0, 1], [200, 200], [barrier] * 2))
+    entries = json.loads((tmp_path / "manifest.json").read_text())["experiments"]
+    assert len(entries) == 400
+    assert not [p.name for p in tmp_path.iterdir() if p.name != "manifest.json"]  # no lock file left among outputs
