@@ -257,8 +257,8 @@ def side_by_side(n: int, batch: int, repeats: int) -> dict:
     threads = torch.get_num_threads()
     one = _epoch_rate(n, batch, threads, repeats)
     context = multiprocessing.get_context("spawn")
-    barrier = context.Manager().Barrier(threads)
-    with ProcessPoolExecutor(threads, mp_context=context) as pool:
+    with context.Manager() as manager, ProcessPoolExecutor(threads, mp_context=context) as pool:
+        barrier = manager.Barrier(threads)
         rates = list(pool.map(_epoch_rate, *zip(*[(n, batch, 1, repeats, barrier)] * threads)))
     torch.set_num_threads(threads)
     return {"one_process_all_threads_img_s": one, "one_thread_processes": threads,

@@ -108,8 +108,8 @@ def test_two_processes_merging_into_the_manifest_lose_nothing(tmp_path):
     from concurrent.futures import ProcessPoolExecutor
 
     context = multiprocessing.get_context("spawn")
-    barrier = context.Manager().Barrier(2)
-    with ProcessPoolExecutor(2, mp_context=context) as pool:
+    with context.Manager() as manager, ProcessPoolExecutor(2, mp_context=context) as pool:
+        barrier = manager.Barrier(2)
         list(pool.map(_merge_many, [tmp_path] * 2, [0, 1], [200, 200], [barrier] * 2))
     entries = json.loads((tmp_path / "manifest.json").read_text())["experiments"]
     assert len(entries) == 400
