@@ -324,6 +324,9 @@ ATTACKS = {"fgsm": fgsm, "bim": pgd, "pgd": pgd, "mim": mim, "autoattack": autoa
 def check_images(x: torch.Tensor, check_range: bool = True) -> None:
     """Attacks work on float images in [0, 1]; anything else is refused with the fix. The range check
     reads two numbers back from the device, so training (whose batches the loader made) skips it."""
+    if x.dim() != 4:
+        raise ValueError(f"attack images must be a batch (N, C, H, W), got shape {tuple(x.shape)}: one image is "
+                         "x[None]; images without a channel axis (N, H, W) are x[:, None]")
     if not torch.is_floating_point(x):
         raise ValueError(f"attack images must be float in [0, 1], got dtype {x.dtype}: convert with x.float() / 255")
     if check_range and x.numel() and not (float(x.min()) >= 0 and float(x.max()) <= 1):  # NaN fails too
@@ -366,6 +369,12 @@ def attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec,
     `logits_of(x, y)` replaces model(x) as the logits the attack ascends (training: the margin logits).
     `record` (bool, one per example) is set where any iterate before the final one is misclassified
     (`attack_scored` reads it)."""
+    if not isinstance(spec, AttackSpec):
+        raise TypeError(f"attack's spec must be an AttackSpec, got {type(spec).__name__} {spec!r}: e.g. "
+                        "AttackSpec('pgd', steps=20), or a table column's (reproduce.protocol.PGD20_COLUMN.spec(p))")
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise TypeError(f"attack's images and labels must be torch tensors, got {type(x).__name__} and "
+                        f"{type(y).__name__}: convert with torch.as_tensor")
     x, y = x.detach(), y.detach()  # eps = 0 runs the same code: the eps = 0 sanity check tests it
     check_images(x, check_range)
     check_labels(x, y, check_range)

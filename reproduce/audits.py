@@ -38,18 +38,18 @@ from .attacks import EPS, AttackSpec, attack_mode, input_gradient
 from .config import Profile, get_profile
 from .devices import resolve_device
 from .evaluation import (
-    EPS_SWEEP,
     FOREIGN_KEY,
     ORDER_TOLERANCE,
+    cached_eps_curve,
     cached_value,
     check_logits,
     column_seed,
-    robust_scores,
+    eps_curve,
     score_columns,
     transfer_correct,
 )
 from .loader import DeviceLoader
-from .protocol import ITERATION_SWEEP, LOGIT_SCALES, MASKING_COLUMNS, PGD7_COLUMN, PGD20_COLUMN, TABLE1
+from .protocol import ITERATION_SWEEP, LOGIT_SCALES, MASKING_COLUMNS, PGD20_COLUMN, TABLE1, PGD20x20
 from .stats import wilson_interval
 
 # A CE input gradient whose largest entry is below this counts as zero: at float32 a saturated softmax
@@ -76,6 +76,15 @@ def zero_gradient_share(model, images, labels, batch_size: int = 250) -> float:
             grad = input_gradient(model, x, y)
             zero += int((grad.flatten(1).abs().amax(1) < ZERO_GRADIENT).sum())
     return 100.0 * zero / max(len(labels), 1)
+
+
+def zero_dlr_gradient_share(columns: dict) -> float:
+    """The share (percent) of images on which AutoAttack's own zero-gradient check (pyautoattack's
+    `check_zero_gradients`, at the starting point of APGD on DLR) fired, the larger of APGD-DLR's and
+    APGD-T's; NaN where neither ran or their caches predate the check."""
+    shares = [100.0 * columns[c]["zero_dlr_gradient"] / max(columns[c]["n"], 1) for c in ("apgd_dlr", "apgd_t")
+              if c in columns and columns[c].get("zero_dlr_gradient") is not None]
+    return max(shares) if shares else float("nan")
 
 
 def worst_case(columns: dict) -> torch.Tensor:
@@ -117,6 +126,17 @@ def attack_flags(counts: dict, n_images: dict, against: str = "CE-PGD-20") -> li
     return reasons
 
 
+def compared(column: str, breaks: int, spares: int, n: int, against: str = "CE-PGD-20") -> str:
+    """What the paired counts of an attack against the reference say, in words: within chance, or beyond
+    chance but under the MIN_GAP floor (or above it: then `attack_flags` flags it)."""
+    stronger, gap, p = beats(breaks, spares, n)
+    where = f"{abs(gap):.1f} points {'below' if gap >= 0 else 'above'} {against} ({breaks} to {spares} images"
+    if p >= SIGNIFICANCE:
+        return f"{TITLES.get(column, column)} {where}: within chance)"
+    floor = "at or above" if stronger else "under"
+    return f"{TITLES.get(column, column)} {where}, p = {p:.1g}: beyond chance, {floor} the {MIN_GAP:g}-point floor)"
+
+
 def eps_curve_flags(curve: dict, clean: float) -> list[str]:
     """Reasons from PGD accuracy against eps ({eps as text: accuracy}): it must not rise, and must fall
     below EPS_END_MAX by the end of the range."""
@@ -151,6 +171,10 @@ class Audit:
     columns: dict  # {column: {"accuracy", "low", "high", "n"}}
     per_check: dict  # {check: {"verdict": "flag" | "pass" | "not run", "why": sentence, ...numbers}}
     curves: dict = field(default_factory=dict)  # {"eps" | "steps" | "logit_scale": {x: accuracy}}
+    titles: dict = field(default_factory=dict)  # column titles as the profile ran them (20PGD's restarts)
+
+    def title(self, column: str) -> str:
+        return self.titles.get(column) or TITLES.get(column, column)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -162,7 +186,7 @@ class Audit:
                  f"{self.n} test images, L-inf eps {self.eps * 255:g}/255; ± is half the 95% Wilson interval.", "",
                  "| attack | accuracy (%) | 95% interval | images |", "|---|---|---|---|"]
         for name, c in self.columns.items():
-            lines.append(f"| {TITLES.get(name, name)} | {c['accuracy']:.2f} | [{c['low']:.1f}, {c['high']:.1f}] | "
+            lines.append(f"| {self.title(name)} | {c['accuracy']:.2f} | [{c['low']:.1f}, {c['high']:.1f}] | "
                          f"{c['n']} |")
         lines += ["", "| check | verdict | why |", "|---|---|---|"]
         lines += [f"| {name} | {c['verdict']} | {c['why']} |" for name, c in self.per_check.items()]
@@ -178,11 +202,12 @@ class Audit:
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "audit.json", json.dumps(self.to_json(), indent=2, default=float) + "\n")
+        (out / "audit.json").unlink(missing_ok=True)  # a kill before the end leaves no audit.json of another audit
         atomic_write_text(out / "audit.md", self.markdown())
         summary = pd.DataFrame([{"row": "model", "column": k, "mean": c["accuracy"], "ci_low": c["low"],
                                  "ci_high": c["high"]} for k, c in self.columns.items() if k != "clean"])
-        figures.masking_report(summary, TITLES, out / "audit_attacks.png", profile=profile,
+        figures.masking_report(summary, {c: self.title(c) for c in self.columns}, out / "audit_attacks.png",
+                               profile=profile,
                                flagged=["model"] if self.flagged else [],
                                title=f"Accuracy under each attack (eps {self.eps * 255:g}/255, {self.n} images)")
         labels = {"eps": ("eps (x 1/255)", False), "steps": ("PGD steps", True),
@@ -195,6 +220,8 @@ class Audit:
             figures.curve_panels(pd.DataFrame(rows), "x", "panel", "line", out / f"audit_{name}.png",
                                  x_label=x_label, log_x=log_x, profile=profile,
                                  title=f"CE-PGD accuracy against {x_label.split(' (')[0]} (band: 95% interval)")
+        # last, what programs read: present only beside the Markdown and figures of the same audit
+        atomic_write_text(out / "audit.json", json.dumps(self.to_json(), indent=2, default=float) + "\n")
         return out
 
 
@@ -209,10 +236,17 @@ def audit(model, images, labels, eps: float = EPS, *, profile: Profile | str = "
     `store` the store's caches are read and filled."""
     if not 0 < eps <= 1:
         raise ValueError(f"eps must be in (0, 1] (images live in [0, 1]); got {eps}")
+    images, labels = check_inputs(images, labels)
     profile = get_profile(profile)
     device = resolve_device(device)
-    model = _float32(model).to(device).eval()
+    model = _float32(_module(model, "model")).to(device).eval()
     classes = check_logits(model, images, int(labels.max()) + 1)
+    if surrogate is not None:  # checked now, not after the whole audit
+        surrogate = _float32(_module(surrogate, "surrogate")).to(device).eval()
+        try:
+            check_logits(surrogate, images, classes)
+        except ValueError as e:
+            raise ValueError(f"the surrogate: {e}") from None
     key = experiment.key if experiment is not None else key
     cached = dict(experiment=experiment, store=store) if eps == EPS else {}  # the caches hold eps 8/255 only
     gradient_specs = [at_eps(s, eps) for s in TABLE1.specs(profile)]
@@ -232,13 +266,11 @@ def audit(model, images, labels, eps: float = EPS, *, profile: Profile | str = "
     found = attack_flags(counts, {c: scores[c]["n"] for c in invariant})
     not_run = f" ({', '.join(TITLES[c] for c in skipped)} not run: too few classes for DLR)" if skipped else ""
     per_check["scale-invariant loss beats CE"] = _check(
-        found, f"{', '.join(TITLES[c] for c in invariant)} within chance of CE-PGD-20 (or less than {MIN_GAP:g} "
-               f"points below){not_run}", counts=counts)
+        found, "; ".join(compared(c, *counts[c], scores[c]["n"]) for c in invariant) + not_run, counts=counts)
     # 2. gradient-free and transfer attacks against every gradient attack, image by image
     worst_gradient = worst_case(gradient)
     free = {"square": scores["square"]["correct_any_iterate"]}
     if surrogate is not None:
-        surrogate = _float32(surrogate).to(device).eval()
         torch.manual_seed(column_seed(key, "transfer"))
         spec = at_eps(next(s for s in TABLE1.specs(profile) if s.column == "pgd20x20"), eps)
         free["transfer"] = transfer_correct(surrogate, {"model": model}, images, labels, spec)["model"]
@@ -254,20 +286,26 @@ def audit(model, images, labels, eps: float = EPS, *, profile: Profile | str = "
     per_check["zero CE gradients"] = _check(
         [f"{share:.1f}% of test images have a zero CE input gradient: CE attacks cannot move them"] if share > MOST
         else [], f"{share:.1f}% of test images have a zero CE input gradient (flagged above {MOST:g}%)", share=share)
-    # 4. CE-PGD against eps, steps and the attacker's logit scale
-    base7, base20 = PGD7_COLUMN.spec(profile), PGD20_COLUMN.spec(profile)
-    measured = {_unlabelled(s): scores[s.column]["final"] for s in specs}  # a curve's point that is a column
-    curves = {
-        "eps": _curve(model, images, labels, key, "eps", {f"{e:.4f}": replace(base7, eps=e, step=max(base7.step, e / 4),
-                                                                              label=f"pgd7_eps{e * 255:g}")
-                                                          for e in EPS_SWEEP}, measured),
-        "steps": _curve(model, images, labels, key, "steps", {str(k): replace(at_eps(base20, eps), steps=k,
-                                                                              label=f"pgd{k}")
-                                                              for k in iterations}, measured),
-        "logit_scale": _curve(model, images, labels, key, "logit_scale", {
-            f"{t:g}": replace(at_eps(base20, eps), logit_scale=t, label=f"pgd20_T{t:g}") for t in LOGIT_SCALES},
-            measured),
-    }
+    dlr = zero_dlr_gradient_share(scores)
+    per_check["zero DLR gradients (AutoAttack's check; information)"] = {
+        "verdict": "info", "share": dlr,
+        "why": "not measured (no DLR attack ran)" if dlr != dlr else
+        f"AutoAttack's own check found a zero DLR input gradient on {dlr:.1f}% of test images at the start of "
+        "APGD-DLR or APGD-T (DLR is flat where the true class is not among the logits it compares)"}
+    messages = sorted({m for v in scores.values() for m in v.get("messages", [])})
+    if messages:
+        per_check["AutoAttack's other checks (information)"] = {"verdict": "info", "why": " / ".join(messages)}
+    # 4. CE-PGD against eps, steps and the attacker's logit scale: each point seeded as a column, read from
+    # the store's caches where it has them, so notebook 03's curves and the audit give one number
+    base20 = PGD20_COLUMN.spec(profile)
+    curves = {"eps": (cached_eps_curve(experiment, model, images, labels, store) if store is not None and
+                      experiment is not None else eps_curve(model, images, labels, key=key))}
+    for name, points in (("steps", {str(k): replace(at_eps(base20, eps), steps=k, label=f"pgd{k}")
+                                    for k in iterations}),
+                         ("logit_scale", {f"{t:g}": at_eps(base20, eps) if t == 1.0 else
+                                          replace(at_eps(base20, eps), logit_scale=t, label=f"pgd20_T{t:g}")
+                                          for t in LOGIT_SCALES})):
+        curves[name] = _curve(model, images, labels, key, points, specs, scores, cached)
     found = eps_curve_flags(curves["eps"], scores["clean"]["final"])
     per_check["CE-PGD falls with eps"] = _check(found, "CE-PGD accuracy falls with eps, to "
                                                        f"{list(curves['eps'].values())[-1]:.1f}% at 128/255")
@@ -287,7 +325,42 @@ def audit(model, images, labels, eps: float = EPS, *, profile: Profile | str = "
         columns["transfer"] = _interval(100.0 * free["transfer"].float().mean().item(), n)
     every = worst_case({**scores, **{c: {"correct_any_iterate": right} for c, right in free.items()}})
     columns["worst"] = _interval(100.0 * every.float().mean().item(), n)
-    return Audit(bool(reasons), reasons, n, eps, columns, per_check, curves)
+    return Audit(bool(reasons), reasons, n, eps, columns, per_check, curves,
+                 titles={"pgd20x20": PGD20x20.title_at(profile)})
+
+
+def check_inputs(images, labels) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images, labels) as the audit takes them, or a ValueError that names what is wrong and the fix:
+    images (N, C, H, W), uint8 or float in [0, 1] (float64 is taken as float32), labels one class index per
+    image; numpy arrays and lists are converted."""
+    try:
+        images, labels = torch.as_tensor(images), torch.as_tensor(labels)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ValueError(f"images and labels must be tensors, arrays or nested lists of numbers ({e})") from None
+    if images.dim() != 4:
+        raise ValueError(f"images must be a batch (N, C, H, W), got shape {tuple(images.shape)}: images without a "
+                         "channel axis (N, H, W) are images[:, None]; one image is image[None]")
+    if len(images) == 0:
+        raise ValueError("no images to audit: give at least one (a few hundred for intervals that mean something)")
+    if images.dtype not in (torch.uint8, torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        raise ValueError(f"images must be uint8 (0-255) or float in [0, 1], got {images.dtype}")
+    if torch.is_floating_point(images):
+        images = images.float()
+        if not (float(images.min()) >= 0 and float(images.max()) <= 1):  # NaN fails too
+            raise ValueError(f"float images must lie in [0, 1], got [{float(images.min()):.3g}, "
+                             f"{float(images.max()):.3g}]: audit the un-normalised images, normalise inside the model")
+    if labels.dim() != 1 or torch.is_floating_point(labels) or labels.dtype == torch.bool or len(labels) != len(images):
+        raise ValueError(f"labels must be one integer class index per image: got {tuple(labels.shape)} {labels.dtype} "
+                         f"labels for {len(images)} images")
+    if int(labels.min()) < 0:
+        raise ValueError(f"labels must be class indices >= 0, got {int(labels.min())}")
+    return images, labels.long()
+
+
+def _module(model, what: str):
+    if not isinstance(model, torch.nn.Module):
+        raise ValueError(f"the {what} must be a torch.nn.Module (a TorchScript module too), got {type(model).__name__}")
+    return model
 
 
 def _classes_needed(spec: AttackSpec) -> int:
@@ -318,18 +391,15 @@ def _interval(accuracy: float, n: int) -> dict:
     return {"accuracy": round(accuracy, 2), "low": round(low, 2), "high": round(high, 2), "n": n}
 
 
-def _unlabelled(spec: AttackSpec) -> str:
-    return json.dumps({k: v for k, v in spec.identity().items() if k != "label"}, sort_keys=True, default=str)
+def _identity(spec: AttackSpec) -> str:
+    return json.dumps(spec.identity(), sort_keys=True, default=str)
 
 
-def _curve(model, images, labels, key: str, name: str, specs: dict, measured: dict) -> dict:
-    """{x: accuracy} of each spec: a column's own number where the spec is that column's attack (PGD-20 at
-    T = 1 and 20 steps, PGD-7 at the audit's eps), else measured, seeded from the key and its label."""
-    out = {}
-    for x, spec in specs.items():
-        if _unlabelled(spec) in measured:
-            out[x] = measured[_unlabelled(spec)]
-            continue
-        torch.manual_seed(column_seed(key, f"{name}/{spec.label}"))
-        out[x] = robust_scores(model, images, labels, spec)["final"]
-    return out
+def _curve(model, images, labels, key: str, points: dict, specs: list, scores: dict, cached: dict) -> dict:
+    """{x: accuracy} of each point's spec, scored as a column (`score_columns`: seeded by its label, from
+    the store's caches where `cached` names them); a point that is one of the audit's `specs` (PGD-20 at
+    T = 1 and 20 steps, PGD-7) takes that column's number."""
+    done = {_identity(s) for s in specs}
+    todo = [s for s in points.values() if _identity(s) not in done]
+    new = score_columns(model, images, labels, todo, key=key, **cached) if todo else {}
+    return {x: (scores if _identity(s) in done else new)[s.column]["final"] for x, s in points.items()}

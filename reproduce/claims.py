@@ -27,14 +27,31 @@ class Claim:
     total: int  # comparisons made
     evidence: str  # the numbers
     seeds: int = 1  # training runs behind each cell (1: the intervals cover test sampling only)
+    against: int = 0  # comparisons that went against the paper with intervals that do not overlap
+    intervals: bool = True  # False: a claim about means (over targets or surrogates) with no interval
 
     @property
     def verdict(self) -> str:
+        """"holds" (" clearly" when every comparison is clear), "holds in k of n", "does not hold", or
+        "undecided" when no comparison, for or against, is clear beyond its interval."""
         if self.total == 0:
             return "not measured"
+        if self.intervals and self.clear == 0 and self.against == 0:
+            return "undecided"
         if self.holds == self.total:
             return "holds" + (" clearly" if self.clear == self.total else "")
         return "does not hold" if self.holds == 0 else f"holds in {self.holds} of {self.total}"
+
+    @property
+    def counts(self) -> str:
+        """The comparisons behind the verdict: how many went the paper's way and how many were clear."""
+        if not self.total:
+            return ""
+        if not self.intervals:
+            return "means only, no interval"
+        way = f"{self.holds} of {self.total} the paper's way, " if self.verdict == "undecided" else ""
+        return way + f"{self.clear} of {self.total} clear" + (f", {self.against} clearly against" if self.against
+                                                              else "")
 
 
 class Cells:
@@ -55,14 +72,17 @@ class Cells:
     def mean(self, row, column) -> float:
         return float(self.s.loc[(row, column), "mean"])
 
-    def above(self, a, b) -> tuple[bool, bool]:
-        """(cell a above cell b, and clearly: a's interval lies above b's). a, b: (row, column)."""
+    def above(self, a, b) -> tuple[bool, bool, bool]:
+        """(cell a above cell b; clearly: a's interval lies above b's; clearly not: b's lies above a's).
+        a, b: (row, column)."""
         (sa, sb) = (self.s.loc[a], self.s.loc[b])
-        return sa["mean"] > sb["mean"], sa["ci_low"] > sb["ci_high"]
+        return sa["mean"] > sb["mean"], sa["ci_low"] > sb["ci_high"], sb["ci_low"] > sa["ci_high"]
 
 
 def _tally(text, results, evidence) -> Claim:
-    return Claim(text, sum(r[0] for r in results), sum(r[0] and r[1] for r in results), len(results), evidence)
+    """A claim from its comparisons, each (went the paper's way, clearly so, clearly against it)."""
+    return Claim(text, sum(r[0] for r in results), sum(r[0] and r[1] for r in results), len(results), evidence,
+                 against=sum(bool(r[2]) for r in results))
 
 
 def table1(cells: pd.DataFrame) -> list[Claim]:
@@ -78,11 +98,16 @@ def table1(cells: pd.DataFrame) -> list[Claim]:
             out.append(_tally(f"Without a defence, each discriminative loss resists {name} better than softmax",
                               results, evidence))
     attacks = [col for col in ("fgsm", "bim7", "pgd7", "pgd20", "pgd20x20", "mim40") if c.has("SM-UM", col)]
-    lowest = [(col, min((r for r in pd.unique(cells["row"]) if c.has(r, col)), key=lambda r: c.mean(r, col)))
-              for col in attacks]
-    out.append(Claim("SM-UM is the most vulnerable model under every attack",
-                     sum(r == "SM-UM" for _, r in lowest), 0, len(lowest),
-                     "lowest per column: " + ", ".join(f"{col} {r}" for col, r in lowest)))
+    lowest, results = [], []
+    for col in attacks:  # SM-UM against the lowest other model of the column
+        others = [r for r in pd.unique(cells["row"]) if r != "SM-UM" and c.has(r, col)]
+        low = min(others, key=lambda r: c.mean(r, col)) if others else "SM-UM"
+        lowest.append((col, "SM-UM" if low == "SM-UM" or c.mean("SM-UM", col) <= c.mean(low, col) else low))
+        if others:
+            below, clearly, clearly_not = c.above((low, col), ("SM-UM", col))
+            results.append((lowest[-1][1] == "SM-UM", clearly and lowest[-1][1] == "SM-UM", clearly_not))
+    out.append(_tally("SM-UM is the most vulnerable model under every attack", results,
+                      "lowest per column: " + ", ".join(f"{col} {r}" for col, r in lowest)))
     for defence in ("AT", "ALP"):
         robust, costly, evidence = [], [], []
         for loss in PAPER_LOSSES:
@@ -120,7 +145,7 @@ def black_box(cells: pd.DataFrame, attack: str) -> list[Claim]:
     out = [Claim(f"{attack}: among the discriminative surrogates, ConL's images transfer best (the lowest mean "
                  "accuracy) and AAML's worst", int(discriminative.idxmin() == "surrogate_ConL")
                  + int(discriminative.idxmax() == "surrogate_AAML"), 0, 2,
-                 f"mean target accuracy per surrogate: {ranked}")]
+                 f"mean target accuracy per surrogate: {ranked}", intervals=False)]
     c = Cells(cells)
     results, evidence = [], []
     for target in wide.index:
@@ -131,7 +156,8 @@ def black_box(cells: pd.DataFrame, attack: str) -> list[Claim]:
         best_other = min(others, key=lambda s: c.mean(target, s))
         # the claim: matching the target's loss does not make the attack stronger than the best other
         results.append((c.mean(target, own) >= c.mean(target, best_other),
-                        c.above((target, own), (target, best_other))[1]))
+                        c.above((target, own), (target, best_other))[1],
+                        c.above((target, best_other), (target, own))[1]))
         evidence.append(f"{target} {c.mean(target, own):.1f} (own) / {c.mean(target, best_other):.1f}")
     out.append(_tally(f"{attack}: a surrogate of the target's own loss is no stronger than the best other surrogate",
                       results, "; ".join(evidence)))
@@ -143,7 +169,7 @@ def black_box(cells: pd.DataFrame, attack: str) -> list[Claim]:
                          int(row_means[defended].min() > row_means[undefended].max()), 0, 1,
                          f"defended {row_means[defended].min():.1f}-{row_means[defended].max():.1f}%, undefended "
                          f"{row_means[undefended].min():.1f}-{row_means[undefended].max():.1f}% (mean over "
-                         "surrogates)"))
+                         "surrogates)", intervals=False))
     return c.stamp(out)
 
 
@@ -155,7 +181,7 @@ def table4(cells: pd.DataFrame) -> list[Claim]:
         return [Claim("(m, s) = (0.2, 2) is the most robust AAML-AT under PGD-7", 0, 0, 0,
                       "the (0.2, 2) model did not train" if trained else "no model trained")]
     ranked = sorted(trained, key=lambda k: c.mean(*k), reverse=True)
-    best, paper_best, clear = ranked[0], ("0.20", "s2"), False
+    best, paper_best, clear, inside = ranked[0], ("0.20", "s2"), False, True
     if best == paper_best:
         clear = len(ranked) == 1 or c.above(paper_best, ranked[1])[1]
         evidence = f"(0.2, 2) {c.mean(*paper_best):.1f}%, the highest of {len(ranked)} trained cells"
@@ -163,8 +189,9 @@ def table4(cells: pd.DataFrame) -> list[Claim]:
         inside = c.s.loc[paper_best, "ci_high"] >= c.mean(*best)
         evidence = (f"(0.2, 2) {c.mean(*paper_best):.1f}%; the best is (m {best[0]}, s {best[1][1:]}) "
                     f"{c.mean(*best):.1f}%, {'inside' if inside else 'outside'} the interval of (0.2, 2)")
+    against = best != paper_best and not inside
     return c.stamp([Claim("(m, s) = (0.2, 2) is the most robust AAML-AT under PGD-7", int(best == paper_best),
-                          int(best == paper_best and clear), 1, evidence)])
+                          int(best == paper_best and clear), 1, evidence, against=int(against))])
 
 
 def side_by_side(paper: list[Claim], worst: list[Claim], out_dir=None) -> str:
@@ -193,9 +220,9 @@ def markdown(claims: list[Claim], title: str = "Do the paper's claims hold on th
               else "one seed: the intervals cover test sampling only, not the spread between training runs")
     lines = [f"**{title}** (a comparison is *clear* when the two 95% intervals do not overlap; {covers})", ""]
     for claim in claims:
-        clear = f"; {claim.clear} of {claim.total} clear" if claim.total and 0 < claim.clear < claim.holds else ""
-        lines.append(f"- {claim.text}: **{claim.verdict}**{clear}." + (f" {claim.evidence}." if claim.evidence
-                                                                          else ""))
+        counts = f" ({claim.counts})" if claim.counts else ""
+        lines.append(f"- {claim.text}: **{claim.verdict}**{counts}." + (f" {claim.evidence}." if claim.evidence
+                                                                           else ""))
     return "\n".join(lines) + "\n"
 
 

@@ -10,6 +10,7 @@
   evaluate  every Table I column on one model: a run or export of ours, or any torch.nn.Module file
   audit   is a model's robustness real? the paper's attacks beside attacks that do not trust its gradients
   models  every run of the store: label, dataset, profile, changed budgets, seed, status, folder
+  compare did a run reproduce the reference? two runs' tables, cell by cell, within or beyond the seed spread
   set-repository  the repository's URL, for the Colab cells, badges and install line
 
 The dataset and profile, where no flag names them: $DATASET (else cifar10) and $PROFILE (else colab in
@@ -22,6 +23,7 @@ examples:
   python -m reproduce evaluate runs/fashion-mnist-smoke-AAML-AT-963f71ce02a5
   python -m reproduce export runs/fashion-mnist-smoke-AAML-AT-963f71ce02a5 exported/AAML-AT
   python -m reproduce models
+  python -m reproduce compare figures/fashion-mnist-smoke results/fashion-mnist-smoke-seeds3
   python -m reproduce audit AAML-UM --profile smoke --dataset fashion-mnist --out audits/AAML-UM
 """
 from __future__ import annotations
@@ -33,6 +35,26 @@ from .config import OBJECTIVES, OPTIMIZERS, defense_name, parse_label, profile_h
 from .data import DATASETS
 from .losses import LOSSES, loss_name
 from .protocol import TABLES
+
+
+class _Parser(argparse.ArgumentParser):
+    """A parser whose errors are one line with the way to the options (no usage block), exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (`{self.prog} --help` lists the options)\n")
+
+
+def _argument(convert, what: str):
+    """An argparse type from a function that raises ValueError with the choices in its message: argparse
+    would print only "invalid <function> value"; this prints the message, choices included."""
+    def parse(text):
+        try:
+            return convert(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    parse.__name__ = what
+    return parse
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -177,7 +199,8 @@ def cmd_table1(args) -> int:
     shown = {e.label for e in chosen}
     cells = cells[cells["row"].isin(shown)]
     print(write_table(cells, TABLE1, out, args.dataset,
-                      notes=notes(run, TABLE1, {k: v for k, v in flags.items() if k in shown}, args.scoring)))
+                      notes=notes(run, TABLE1, {k: v for k, v in flags.items() if k in shown}, args.scoring),
+                      profile=run.profile))
     print(claims.write(claims.table1(cells), out, "table1"))
     print(f"written to {out}")
     return 0
@@ -326,8 +349,15 @@ def cmd_evaluate(args) -> int:
     from pathlib import Path
 
     from .evaluation import FOREIGN_KEY
-    from .export import format_row, table1_row
+    from .export import check_out_folder, format_row, table1_row
 
+    if args.out:  # checked before any compute
+        out = Path(args.out)
+        if out.is_dir():
+            raise ValueError(f"--out {out} is a folder: give the CSV file to write, e.g. {out / 'row.csv'}")
+        check_out_folder(out.parent if str(out.parent) else Path("."), f"--out {out}: its folder")
+        if not out.parent.is_dir():
+            raise ValueError(f"--out {out}: its folder {out.parent} does not exist")
     run, model, experiment, store = _model_of(args)
     path = Path(args.model)
     seeds = (f"seeded from experiment {experiment.key} and each column's name" if experiment is not None else
@@ -350,15 +380,19 @@ def cmd_audit(args) -> int:
 
     from .audits import audit
     from .evaluation import FOREIGN_KEY
+    from .export import check_out_folder
 
     if not 0 < args.eps <= 255:
         raise ValueError(f"--eps {args.eps}: give it in 1/255 units, above 0 and at most 255 (8 is 8/255)")
+    if args.out:
+        check_out_folder(args.out, "--out")
     run, model, experiment, store = _model_of(args)
     surrogate = None
     if args.surrogate:
         surrogate_args = argparse.Namespace(**{**vars(args), "model": args.surrogate})
         surrogate = _model_of(surrogate_args)[1]
     out = Path(args.out or Path("audits") / (experiment.run_name if experiment else Path(args.model).stem))
+    check_out_folder(out, "--out")
     x, y = run.test_images()
     name = experiment.label if experiment else Path(args.model).name
     print(f"auditing {name} on {len(y)} {run.dataset} test images at eps {args.eps:g}/255 ({run.profile.name} "
@@ -369,6 +403,27 @@ def cmd_audit(args) -> int:
     print(result.markdown())
     print(f"written {out}: audit.json, audit.md, audit_attacks.png, audit_eps.png, audit_steps.png, "
           "audit_logit_scale.png")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from pathlib import Path
+
+    from .compare import compare, write
+
+    if args.out and not Path(args.out).parent.is_dir():
+        raise ValueError(f"--out {args.out}: its folder {Path(args.out).parent} does not exist")
+    if args.out and Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out} is a folder: give the Markdown file to write, e.g. compare.md")
+    result = compare(args.mine, args.reference, spread=args.spread)
+    print(result.markdown() if args.all else result.verdict)
+    if not args.all:
+        beyond = result.cells[~result.cells["within"]]
+        if len(beyond):
+            print(f"beyond ({len(beyond)}): " + ", ".join(f"{r.table} {r.row} {r.column} {r.difference:+.1f}"
+                                                          for r in beyond.itertuples()))
+    if args.out:
+        print(f"written {write(result, args.out)}")
     return 0
 
 
@@ -396,7 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The command line: every sub-command with its description, every flag with its help."""
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="python -m reproduce", description=__doc__,
+    parser = _Parser(prog="python -m reproduce", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -418,10 +473,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("train", help="train one experiment")
     _common(p)
-    p.add_argument("--loss", default="SM", type=loss_name, metavar="LOSS",
+    p.add_argument("--loss", default="SM", type=_argument(loss_name, "loss"), metavar="LOSS",
                    help=f"one of {', '.join(LOSSES)} (the paper's five, then the ABCL losses) or a common name "
                         "such as ArcFace or softmax (default: SM)")
-    p.add_argument("--defense", default="UM", type=defense_name, metavar="DEFENSE",
+    p.add_argument("--defense", default="UM", type=_argument(defense_name, "defense"), metavar="DEFENSE",
                    help="UM: plain training, AT: PGD adversarial training, ALP: adversarial logit pairing "
                         "(default: UM)")
     p.add_argument("--seed", type=int, default=0, help="the training seed (default: 0)")
@@ -522,6 +577,18 @@ def build_parser() -> argparse.ArgumentParser:
     _budget_option(p)
     p.set_defaults(func=cmd_audit)
 
+    p = command("compare", help="did a run reproduce the reference? two runs' tables cell by cell, within or "
+                                "beyond the spread between training seeds")
+    p.add_argument("mine", help="the tables folder of your run, e.g. figures/fashion-mnist-smoke")
+    p.add_argument("reference", help="a reference run's tables folder (e.g. results/fashion-mnist-smoke-seeds3), "
+                                     "or 'paper' for the paper's numbers (CIFAR-10 runs only)")
+    p.add_argument("--spread", default=None, metavar="FOLDER",
+                   help="a run of several seeds whose per-cell SD stands for the seed spread where neither side "
+                        "has several seeds (e.g. results/fashion-mnist-smoke-seeds3)")
+    p.add_argument("--all", action="store_true", help="print every cell as a Markdown table, not only the verdict")
+    p.add_argument("--out", default=None, help="also write the Markdown table to this file")
+    p.set_defaults(func=cmd_compare, profile=None)
+
     p = command("models", help="every run of the store: label, dataset, profile, changed budgets, seed, "
                                       "status, clean validation accuracy and folder")
     p.add_argument("--runs", default=None, help="run store folder (default: $REPRODUCE_RUNS, else runs/ of the "
@@ -532,7 +599,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help (0), or a bad option, said in one line by _Parser (2)
+        return e.code if isinstance(e.code, int) else 2
     try:
         return args.func(args)
     except (ValueError, RuntimeError, OSError) as e:  # one line, never a traceback, for what a user can fix

@@ -72,33 +72,57 @@ def repository_url(root: Path) -> str:
     return match.group(1)
 
 
+def _as_url(old: str) -> re.Pattern:
+    """`old` where it stands as a URL of its own: after a start, space, quote, bracket, '=' or '+' ("pip
+    install git+URL") and before an end, space, quote, bracket, '/', '#', ',', ';', ':', '.git' or a full stop
+    (so a local path "/f" is not replaced inside "runs/fashion-mnist")."""
+    return re.compile(r"(?<![^\s\"'(\[<=+])" + re.escape(old) + r"(?=$|[\s\"')\]>/#,;:]|\.git\b|\.(?:\s|$))",
+                      re.M)
+
+
 def set_repository(url: str, root: Path) -> list[Path]:
     """Write `url` into pyproject.toml, every notebook's first cell, CITATION.cff, the README and docs/;
-    returns the files written. Only a Git URL (GIT_URL) is accepted, and nothing is written otherwise."""
+    returns the files written. Only a Git URL (GIT_URL) is accepted; the old URL is replaced only where it
+    stands as a URL; every file is read and checked before any is written, so a file that cannot be read
+    changes nothing."""
+    from .store import atomic_write_text
+
     if not GIT_URL.fullmatch(url):
         raise ValueError(f"not a Git URL: {url!r} (e.g. https://github.com/you/repo; letters, digits and ._~:/@+%- "
                          "only)")
     url = url.removesuffix(".git").rstrip("/")
     root = Path(root)
     old = repository_url(root)
+    as_url = _as_url(old)
+    new_text = {}
+
+    def read(path: Path) -> str:
+        try:
+            return path.read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"set-repository: cannot read {path} ({e}); nothing was written") from None
+
     pyproject = root / "pyproject.toml"
-    pyproject.write_text(pyproject.read_text().replace(f'Repository = "{old}"', f'Repository = "{url}"'))
-    changed = [pyproject]
+    new_text[pyproject] = read(pyproject).replace(f'Repository = "{old}"', f'Repository = "{url}"')
     for path in sorted((root / "notebooks").glob("*.ipynb")):
-        nb = json.loads(path.read_text())
-        nb["cells"][1]["source"] = first_cell(url).splitlines(keepends=True)
-        path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
-        changed.append(path)
+        try:
+            nb = json.loads(read(path))
+            nb["cells"][1]["source"] = first_cell(url).splitlines(keepends=True)
+        except (ValueError, KeyError, IndexError, TypeError) as e:
+            raise ValueError(f"set-repository: {path} is not a notebook this package wrote ({type(e).__name__}: "
+                             f"{str(e)[:120]}); nothing was written") from None
+        new_text[path] = json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
     citation = root / "CITATION.cff"
     if citation.exists():
-        citation.write_text(citation.read_text().replace(f'repository-code: "{old}"', f'repository-code: "{url}"'))
-        changed.append(citation)
+        new_text[citation] = read(citation).replace(f'repository-code: "{old}"', f'repository-code: "{url}"')
     github = url.split("github.com/")[-1] if "github.com/" in url else None
-    pages = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
-    for page in pages:  # the install lines, and the Colab badges, which open the notebooks from GitHub
-        text = page.read_text().replace(old, url)
-        if github:
+    for page in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        # the install lines, and the Colab badges, which open the notebooks from GitHub
+        text = as_url.sub(lambda _: url, read(page))
+        if github and "github.com/" in old:
             text = text.replace(f"colab.research.google.com/github/{old.split('github.com/')[-1]}/",
                                 f"colab.research.google.com/github/{github}/")
-        page.write_text(text)
-    return changed + pages
+        new_text[page] = text
+    for path, text in new_text.items():
+        atomic_write_text(path, text)
+    return list(new_text)

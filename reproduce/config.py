@@ -11,7 +11,6 @@ import json
 import math
 import os
 import sys
-import warnings
 from dataclasses import dataclass
 
 
@@ -198,6 +197,7 @@ def parse_label(label: str) -> tuple[str, str]:
         raise ValueError(f"{label!r} is not a table label such as 'AAML-AT' (LOSS-DEFENSE)")
     return loss_name(loss), defense_name(defense)
 OPTIMIZERS = ("sgd", "adam")
+MAX_EPOCHS = 5000  # five times the paper's cap: more is a typo, not a schedule
 # How AT and ALP combine clean and adversarial terms: as the authors' code computed the published
 # numbers (per loss; see defenses.py), or as the paper's text describes them.
 OBJECTIVES = ("authors", "paper")
@@ -210,6 +210,12 @@ CRAFT_LOGITS = ("training", "prediction")
 # Which epoch's weights a run keeps: the best clean validation accuracy, the best PGD-7 validation
 # accuracy, or the last epoch.
 KEEP_RULES = ("best_clean_val", "best_pgd7_val", "last")
+
+
+# Experiment fields added after the keys of stored runs were fixed, with their defaults: a field at its
+# default stays out of the hash, so adding one moves no existing key (tests/test_protocol.py checks the
+# committed manifests' keys).
+KEYED_WHEN_SET = {"train_data": ""}
 
 
 def authors_keep_rule(loss: str, defense: str) -> str:
@@ -252,6 +258,8 @@ class Experiment:
     objectives: str = "authors"  # AT / ALP objectives: "authors" (their code) or "paper" (its text)
     craft_logits: str = ""  # CRAFT_LOGITS; "": "training" under the authors' objectives, else "prediction"
     keep: str = ""  # KEEP_RULES; "": the authors' rule for the paper's losses (authors' objectives), else best clean
+    # Fields added after 0.4.0 (KEYED_WHEN_SET): in the key only when they differ from their default.
+    train_data: str = ""  # data.training_set_id: "" for the dataset's official training files
 
     def __post_init__(self):
         from .losses import PAPER_LOSSES, loss_name, resolve_loss_params
@@ -293,10 +301,11 @@ class Experiment:
                              f"batch_size={self.batch_size}, width={self.width}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a finite number above 0; got {self.lr}")
-        if self.epochs > 5000:
-            warnings.warn(f"epochs={self.epochs}: about {self.epochs * (self.train_limit or 45_000):.2g} image passes "
-                          f"for this one model (the paper's schedule stops by 1000 epochs); `python -m reproduce "
-                          f"plan` prices a whole profile", stacklevel=2)
+        if self.epochs > MAX_EPOCHS:
+            passes = self.epochs * (self.train_limit or 45_000)
+            raise ValueError(f"epochs={self.epochs}: about {passes:.2g} image passes for this one model; at most "
+                             f"{MAX_EPOCHS} (the paper's schedule stops by 1000 epochs; `python -m reproduce plan` "
+                             "prices a whole profile)")
         for name in ("train_limit", "val_limit"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -305,6 +314,9 @@ class Experiment:
     @property
     def key(self) -> str:
         fields = dict(dataclasses.asdict(self), protocol=PROTOCOL_VERSION)
+        for name, default in KEYED_WHEN_SET.items():  # a store outlives releases: old keys stay as they were
+            if fields[name] == default:
+                del fields[name]
         text = json.dumps(fields, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 

@@ -24,7 +24,7 @@ from .config import (
     get_profile,
     make_experiment,
 )
-from .data import DATASETS, DataSplit, load_dataset
+from .data import DATASETS, DatasetMissing, DataSplit, load_dataset, training_set_id
 from .store import RunStore
 
 REPO = Path(__file__).resolve().parent.parent
@@ -95,8 +95,19 @@ class Run:
         """The profile's test images and labels: every evaluation of the run scores these."""
         return self.data.test_images(self.profile.test_limit)
 
+    @cached_property
+    def train_data(self) -> str:
+        """The identity of the training set in data_root ("" for the dataset's official files:
+        data.training_set_id), or "" where there is no data to read (nothing can train then)."""
+        try:
+            return training_set_id(self.dataset, self.data_root, self.data)
+        except DatasetMissing:
+            return ""
+
     def experiment(self, loss: str, defense: str = "UM", seed: int = 0, **overrides):
-        """An experiment of this run's profile, dataset and objectives (config.make_experiment)."""
+        """An experiment of this run's profile, dataset and objectives (config.make_experiment), bound to
+        the training set in data_root where it is not the dataset's official one (`train_data`)."""
+        overrides.setdefault("train_data", self.train_data)
         return make_experiment(loss, defense, self.profile, self.dataset, seed, objectives=self.objectives,
                                **overrides)
 

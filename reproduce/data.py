@@ -86,24 +86,53 @@ def _files_present(name: str, root: Path) -> bool:
     return all((folder / n).is_file() for n in names)
 
 
-def _link_debian_fashion_mnist(root: Path) -> None:
-    """Put Debian's Fashion-MNIST files where torchvision looks for them (uncompressed in raw/)."""
-    raw = root / "FashionMNIST" / "raw"
-    if not DEBIAN_FASHION_MNIST.is_dir():
+IDX_FILES = [f"{p}-{k}-idx{d}-ubyte" for p in ("train", "t10k") for k, d in (("images", 3), ("labels", 1))]
+
+
+def _decompress(gz: Path, target: Path) -> None:
+    """`gz` uncompressed into `target`, under a temporary name of its own (two processes filling an empty
+    folder never collide, and a killed copy never becomes the target), with the mode the umask gives."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's own 0600 would keep others from a shared data folder
+        with gzip.open(gz, "rb") as src, os.fdopen(fd, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        os.replace(tmp, target)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _prepare_idx(name: str, root: Path) -> None:
+    """Put an IDX dataset's files where torchvision reads them (uncompressed, in raw/): the user's own
+    files first (uncompressed, or the .gz of torchvision's download layout); Debian's Fashion-MNIST only
+    into a folder that holds none of the dataset's files, and said. A folder with some files but not all
+    is an error that names what was found: mixing a user's files with another copy would train on neither."""
+    raw = root / ("MNIST" if name == "mnist" else "FashionMNIST") / "raw"
+    found = {f: raw / f if (raw / f).is_file() else raw / f"{f}.gz" if (raw / f"{f}.gz").is_file() else None
+             for f in IDX_FILES}
+    have = [f for f, path in found.items() if path is not None]
+    if have and len(have) < len(IDX_FILES):
+        raise DatasetMissing(f"{raw} holds {', '.join(found[f].name for f in have)} but not "
+                             f"{', '.join(f for f in IDX_FILES if found[f] is None)} (or their .gz): add the missing "
+                             "files, or empty the folder to use another copy")
+    if have:
+        for f, path in found.items():
+            if path.suffix == ".gz":
+                _decompress(path, raw / f)
+        return
+    if name != "fashion-mnist" or not DEBIAN_FASHION_MNIST.is_dir():
         return
     raw.mkdir(parents=True, exist_ok=True)
-    for gz in DEBIAN_FASHION_MNIST.glob("*-ubyte.gz"):
-        target = raw / gz.name[:-3]
-        if not target.exists():
-            # a temporary name of its own: two processes filling an empty folder never collide, and a
-            # killed copy never becomes the target
-            fd, tmp = tempfile.mkstemp(dir=raw, prefix=f".{target.name}.")
-            try:
-                with gzip.open(gz, "rb") as src, os.fdopen(fd, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
-                os.replace(tmp, target)
-            finally:
-                Path(tmp).unlink(missing_ok=True)
+    print(f"{name}: no files in {raw}; using Debian's copy ({DEBIAN_FASHION_MNIST}), uncompressed there")
+    for f in IDX_FILES:
+        if (DEBIAN_FASHION_MNIST / f"{f}.gz").is_file():
+            _decompress(DEBIAN_FASHION_MNIST / f"{f}.gz", raw / f)
 
 
 class DatasetCorrupt(ValueError):
@@ -171,8 +200,8 @@ def _load_raw(name: str, root: Path, download: bool):
         raise ValueError(f"unknown dataset {name!r}; choose one of {list(DATASETS)}")
     if root.exists() and not root.is_dir():
         raise DatasetMissing(f"the data folder {root} is a file; point --data (or REPRODUCE_DATA) at a folder")
-    if name == "fashion-mnist":
-        _link_debian_fashion_mnist(root)
+    if name != "cifar10":
+        _prepare_idx(name, root)
     try:
         return _torchvision_dataset(name, root, True, False), _torchvision_dataset(name, root, False, False)
     except DatasetCorrupt:
@@ -226,6 +255,48 @@ def _check_parts(name: str, root: Path, *parts) -> None:
         if int(y.min()) < 0 or int(y.max()) >= classes:
             raise DatasetCorrupt(f"{where} hold labels from {int(y.min())} to {int(y.max())}, outside the "
                                  f"{classes} classes 0-{classes - 1}; replace them with the original files")
+
+
+# The official training files, by MD5: CIFAR-10's python batches and MNIST's .gz as torchvision lists them
+# (and checks on download), Fashion-MNIST's uncompressed IDX files as Zalando publishes them (Debian's
+# `dataset-fashion-mnist` holds these bytes, recompressed).
+OFFICIAL_TRAINING_FILES = {
+    "fashion-mnist": {"train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+                      "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9"},
+    "mnist": {"train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+              "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432"},
+    "cifar10": {"data_batch_1": "c99cafc152244af753f735de768cd75f", "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+                "data_batch_3": "54ebc095f3ab1f0389bbae665268c751", "data_batch_4": "634d18415352ddfa80567beed471001a",
+                "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb"},
+}
+
+
+def _md5(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def training_set_id(name: str, root: Path | str | None, split: DataSplit) -> str:
+    """"" for the dataset's official training files (OFFICIAL_TRAINING_FILES), else twelve hex digits of the
+    SHA-256 of the training images and labels (the validation part included): what binds a run to the data
+    it was trained on without moving the keys of runs on the standard data (config.Experiment.train_data)."""
+    import hashlib
+
+    root = Path(root or DEFAULT_ROOT)
+    folder = root / ("cifar-10-batches-py" if name == "cifar10" else
+                     ("MNIST" if name == "mnist" else "FashionMNIST") + "/raw")
+    official = OFFICIAL_TRAINING_FILES.get(name, {})
+    if official and all((folder / f).is_file() and _md5(folder / f) == md5 for f, md5 in official.items()):
+        return ""
+    digest = hashlib.sha256()
+    for part in (split.x_train, split.y_train, split.x_val, split.y_val):
+        digest.update(part.contiguous().numpy().tobytes())
+    return digest.hexdigest()[:12]
 
 
 def check_dataset(name: str, root: Path | str | None = None, download: bool = True) -> None:

@@ -21,6 +21,7 @@ from .attacks import PGD7, AttackSpec, attack, attack_mode, attack_scored
 from .config import PROTOCOL_VERSION
 from .devices import autocast
 from .loader import DeviceLoader
+from .progress import ZERO_GRADIENT_MESSAGE, library_messages, zero_gradient_points
 from .progress import bar as progress_bar
 from .store import RunStore, StoreError, check_file, read_checked_json, write_checked_json
 
@@ -31,6 +32,8 @@ AA_GAP = 10.0  # points: AutoAttack this far below PGD-20 means PGD was fooled b
 
 
 SCORINGS = ("final", "any_iterate")
+# The key that seeds the columns of a model the store does not know (a user's module): `column_seed`.
+FOREIGN_KEY = "module"
 
 
 def _check_scoring(scoring: str) -> None:
@@ -57,11 +60,20 @@ def check_logits(model, images, num_classes: int) -> int:
     x = images[:8].to(device)
     x = x.float() / 255 if x.dtype == torch.uint8 else x
     with attack_mode(model):
-        logits = model(x)
+        try:
+            logits = model(x)
+        except (RuntimeError, TypeError, ValueError, IndexError) as e:  # TorchScript's errors are RuntimeErrors
+            first = (str(e).strip().splitlines() or [type(e).__name__])[-1][:200]
+            raise ValueError(f"the model cannot take these images: a batch of shape {tuple(x.shape)} (N, C, H, W) "
+                             f"failed with {type(e).__name__}: {first}. Give a model for these images (their "
+                             "channels and size), or images of the model's shape") from None
     if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or len(logits) != len(x):
         shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
         raise ValueError(f"the model returns {shape} for {len(x)} images; it must return logits of shape "
                          f"({len(x)}, classes)")
+    if logits.shape[1] < 2:
+        raise ValueError(f"the model returns {logits.shape[1]} logit per image; a classifier under attack needs one "
+                         "per class, at least 2 (a binary model with one logit: return torch.cat([-z, z], 1))")
     if logits.shape[1] < num_classes:
         raise ValueError(f"the model returns {logits.shape[1]} logits per image but the dataset has {num_classes} "
                          "classes")
@@ -83,24 +95,40 @@ def accuracy(model, images, labels, *, batch_size: int = 250, bf16: bool = False
 def robust_scores(model, images, labels, spec: AttackSpec | None, *, batch_size: int = 250,
                   desc: str | None = None, progress: bool = False, per_example: bool = False) -> dict:
     """{"final": accuracy (percent) at the attack's final iterate, "any_iterate": accuracy counting
-    an example as broken at any misclassified iterate}, from one run of `spec` (clean images when spec
+    an example as broken at any misclassified iterate, "zero_dlr_gradient": the images on which AutoAttack's
+    own check found a zero DLR input gradient (summed over batches; None for an attack without the check),
+    "messages": what else the attack's libraries warned}, from one run of `spec` (clean images when spec
     is None: both are the clean accuracy). With `per_example`, also "correct" and "correct_any_iterate":
     a bool per image (CPU tensors)."""
     device = next(model.parameters()).device
-    final, every = [], []
+    final, every, messages = [], [], []
+    zero = 0 if checks_dlr_gradients(spec) else None
     for x, y in progress_bar(DeviceLoader(images, labels, batch_size, device=device), desc,
                              progress and spec is not None):
         if spec is None:
             right = always = predicts_right(model, x, y)
         else:
-            _, right, always = attack_scored(model, x, y, spec)
+            with library_messages() as said:  # printed while the bar is live, they would freeze it mid-line
+                _, right, always = attack_scored(model, x, y, spec)
+            if zero is not None:
+                zero += zero_gradient_points(said) or 0
+            messages += [m for m in said if m not in messages and not ZERO_GRADIENT_MESSAGE.search(m)]
         final.append(right)
         every.append(always)
+    for message in messages:  # the bar is erased: the libraries' other messages, once each
+        print(f"note ({desc or spec.column}): {message}", flush=True)
     final = torch.cat(final).cpu() if final else torch.zeros(0, dtype=torch.bool)
     every = torch.cat(every).cpu() if every else torch.zeros(0, dtype=torch.bool)
     n = max(len(labels), 1)
-    out = {"final": 100.0 * final.sum().item() / n, "any_iterate": 100.0 * every.sum().item() / n}
+    out = {"final": 100.0 * final.sum().item() / n, "any_iterate": 100.0 * every.sum().item() / n,
+           "zero_dlr_gradient": zero, "messages": messages}
     return dict(out, correct=final, correct_any_iterate=every) if per_example else out
+
+
+def checks_dlr_gradients(spec: AttackSpec | None) -> bool:
+    """Whether the attack runs AutoAttack's zero-gradient check (APGD on DLR or targeted DLR, and AutoAttack,
+    whose every version runs one of them)."""
+    return spec is not None and (spec.name in ("apgd-t", "autoattack") or (spec.name == "apgd" and spec.loss == "dlr"))
 
 
 def bits(correct: torch.Tensor) -> str:
@@ -165,13 +193,33 @@ def white_box(model, images, labels, specs: list[AttackSpec], *, progress: bool 
     return row
 
 
-def eps_curve(model, images, labels, base: AttackSpec | None = None, eps_values=EPS_SWEEP) -> dict:
+def eps_curve(model, images, labels, base: AttackSpec | None = None, eps_values=EPS_SWEEP, *,
+              key: str = FOREIGN_KEY) -> dict:
     """PGD accuracy as eps grows ({eps as text: accuracy}); it must fall toward zero, or the gradients
-    are masked. The step grows with eps (at least eps / 4), so every eps-ball can be crossed."""
+    are masked. The step grows with eps (at least eps / 4), so every eps-ball can be crossed. Each point
+    is seeded as a column (`column_seed(key, label)`); the point at the base's own eps is the base's column
+    (Table I's PGD-7), so the curve and the table give one number there."""
     base = base or CURVE_BASE
-    return {f"{e:.4f}": robust_accuracy(model, images, labels,
-                                        replace(base, eps=e, step=max(base.step, e / 4)))
-            for e in eps_values}
+    out = {}
+    for e in eps_values:
+        spec = base if e == base.eps else replace(base, eps=e, step=max(base.step, e / 4),
+                                                  label=f"{base.column}_eps{e * 255:g}")
+        torch.manual_seed(column_seed(key, spec.column))
+        out[f"{e:.4f}"] = robust_accuracy(model, images, labels, spec)
+    return out
+
+
+def cached_eps_curve(experiment, model, images, labels, store: RunStore) -> dict:
+    """The eps curve of a model of the store, cached in its eval/ folder (what Table I's checks, the
+    curves of notebook 03 and the audit all read)."""
+    path = store.eval_path(experiment, cache_name("eps_curve", images, spec=CURVE_BASE.identity()))
+    identity = cache_identity(images, key=experiment.key, column="eps_curve", spec=CURVE_BASE.identity())
+    cached = read_cache(path, identity)
+    if cached is None:
+        cached = dict(identity, curve=eps_curve(model, images, labels, key=experiment.key))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_checked_json(path, cached)
+    return cached["curve"]
 
 
 def white_box_checks(row: dict, curve: dict | None = None, tol: float = ORDER_TOLERANCE) -> list[str]:
@@ -226,10 +274,6 @@ def subset(images, labels, spec: AttackSpec | None):
     return (images, labels) if n is None else (images[:n], labels[:n])
 
 
-# The key that seeds the columns of a model the store does not know (a user's module): `column_seed`.
-FOREIGN_KEY = "module"
-
-
 def column_seed(key: str, column: str) -> int:
     """The seed of one column's random draws (random starts, restarts, AutoAttack's own): the SHA-256 of
     the model's experiment key (FOREIGN_KEY for a module of no experiment) and the column. One rule for
@@ -270,7 +314,8 @@ def uncached_columns(experiment, images, specs, store: RunStore) -> list[str]:
 
 def column_scores(experiment, model, images, labels, specs, store: RunStore | None = None, *,
                   progress: bool = True, wait_for_claim: bool = True, per_example: bool = False) -> dict:
-    """{'clean' or column: {"final": accuracy, "any_iterate": accuracy, "n": test images}}, cached per
+    """{'clean' or column: {"final": accuracy, "any_iterate": accuracy, "n": test images, "zero_dlr_gradient",
+    "messages" (robust_scores)}}, cached per
     column in the store (None: the default store); with `per_example`, also "correct" and
     "correct_any_iterate", a bool per image (a cache written without them is computed again)."""
     store = store or RunStore()
@@ -296,7 +341,8 @@ def column_scores(experiment, model, images, labels, specs, store: RunStore | No
                     cached = dict(identity, label=experiment.label, accuracy=scores["final"],
                                   accuracy_any_iterate=scores["any_iterate"], seconds=time.perf_counter() - start,
                                   n=scores["n"], correct=bits(scores["correct"]),
-                                  correct_any_iterate=bits(scores["correct_any_iterate"]))
+                                  correct_any_iterate=bits(scores["correct_any_iterate"]),
+                                  zero_dlr_gradient=scores["zero_dlr_gradient"], messages=scores["messages"])
                     write_checked_json(path, cached)
                     if progress:
                         print(f"{experiment.label} {column}: {cached['accuracy']:.2f}% on {scores['n']} images "
@@ -304,7 +350,9 @@ def column_scores(experiment, model, images, labels, specs, store: RunStore | No
             finally:
                 claim.release()
         row[column] = {"final": cached["accuracy"], "any_iterate": cached["accuracy_any_iterate"],
-                       "n": len(subset(images, labels, spec)[1])}
+                       "n": len(subset(images, labels, spec)[1]),
+                       # caches of 0.4.0 and before did not keep it: None, unknown (not zero)
+                       "zero_dlr_gradient": cached.get("zero_dlr_gradient"), "messages": cached.get("messages", [])}
         if per_example:
             row[column].update(correct=from_bits(cached["correct"]),
                                correct_any_iterate=from_bits(cached["correct_any_iterate"]))
@@ -359,15 +407,7 @@ def evaluate_white_box(experiment, model, images, labels, specs, store: RunStore
     rows = {s: {c: v[s] for c, v in scores.items()} for s in SCORINGS}
     n_images = {c: v["n"] for c, v in scores.items()}
     row = rows[scoring]
-    curve = None
-    if with_checks:
-        path = store.eval_path(experiment, cache_name("eps_curve", images, spec=CURVE_BASE.identity()))
-        identity = cache_identity(images, key=experiment.key, column="eps_curve", spec=CURVE_BASE.identity())
-        cached = read_cache(path, identity)
-        if cached is None:
-            cached = dict(identity, curve=eps_curve(model, images, labels))
-            write_checked_json(path, cached)
-        curve = cached["curve"]
+    curve = cached_eps_curve(experiment, model, images, labels, store) if with_checks else None
     return {"label": experiment.label, "key": experiment.key, "row": row, "row_final": rows["final"],
             "row_any_iterate": rows["any_iterate"], "n_images": n_images, "eps_curve": curve,
             "flags": white_box_checks(row, curve)}

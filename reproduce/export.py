@@ -12,6 +12,7 @@ Weights are written as safetensors (`model.safetensors`: tensors only, so openin
 """
 from __future__ import annotations
 
+import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -66,6 +67,10 @@ def load_folder(folder, device=None) -> torch.nn.Module:
 
     folder = Path(folder)
     experiment = experiment_of(folder)
+    if (folder / "config.json").exists() and not (folder / "result.json").exists():
+        raise FileNotFoundError(f"{folder} has not finished training (no result.json): wait for it, or resume it "
+                                f"with the command that started it (python -m reproduce train --loss "
+                                f"{experiment.loss} --defense {experiment.defense} ...)")
     model = build_model(experiment, *_shape(folder))
     if (folder / WEIGHTS).exists():
         state = read_weights(folder, key=experiment.key)
@@ -74,8 +79,27 @@ def load_folder(folder, device=None) -> torch.nn.Module:
     else:
         raise FileNotFoundError(f"{folder} holds no kept weights (model.safetensors or best.pt): it has not "
                                 "finished training")
-    model.load_state_dict(state)
+    load_weights(model, state, folder / WEIGHTS)
     return model.to(resolve_device(device)).eval()
+
+
+def _kind(t: torch.Tensor) -> str:
+    return "bool" if t.dtype == torch.bool else "float" if t.is_floating_point() else "int"
+
+
+def load_weights(model: torch.nn.Module, state: dict, path) -> None:
+    """`state` into `model`, refusing what load_state_dict would take in silence: a tensor whose kind
+    (floating point, integer, boolean) is not the parameter's (int64 weights would be cast to float)."""
+    own = model.state_dict()
+    wrong = [f"{k} ({v.dtype}, the network's is {own[k].dtype})" for k, v in state.items()
+             if k in own and isinstance(v, torch.Tensor) and _kind(v) != _kind(own[k])]
+    if wrong:
+        raise ValueError(f"{path} holds tensors of another kind than the network's: {', '.join(wrong[:3])}"
+                         + (f" and {len(wrong) - 3} more" if len(wrong) > 3 else "") + "; save the weights as trained")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(f"{path} does not fit the network: {str(e).strip().splitlines()[0][:300]}") from None
 
 
 def load_model(what: str | Path, *, profile=None, dataset: str | None = None, seed: int = 0,
@@ -120,6 +144,11 @@ def list_models(runs_dir=None) -> list[dict]:
     from .context import default_folder
 
     root = Path(runs_dir or default_folder("runs"))
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"the run store {root} is a file, not a folder: give --runs (or REPRODUCE_RUNS) a folder")
+    if root.is_dir() and not os.access(root, os.R_OK | os.X_OK):
+        raise ValueError(f"the run store {root} cannot be read (permission denied): fix its permissions or give "
+                         "another --runs")
     models = []
     for config in sorted(root.glob("*/config.json")):
         folder = config.parent
@@ -131,10 +160,16 @@ def list_models(runs_dir=None) -> list[dict]:
                                status=f"unreadable ({e})", val_acc=None, folder=str(folder)))
             continue
         words = lambda d: ", ".join(f"{k}={v}" for k, v in d.items())  # noqa: E731
+        status, val_acc = "unfinished", None
+        if result is not None:
+            status = result.get("status") if isinstance(result.get("status"), str) else \
+                "unreadable (result.json has no status)"
+            val_acc = result.get("kept_val_acc")
+            if not isinstance(val_acc, (int, float)) or isinstance(val_acc, bool):
+                val_acc = None
         models.append(dict(label=experiment.label, dataset=experiment.dataset, profile=experiment.profile,
                            budgets=words(experiment.differences()), loss_params=words(experiment.changed_params),
-                           seed=experiment.seed, status=result["status"] if result else "unfinished",
-                           val_acc=result.get("kept_val_acc") if result else None, folder=str(folder)))
+                           seed=experiment.seed, status=status, val_acc=val_acc, folder=str(folder)))
     return models
 
 
@@ -163,7 +198,12 @@ def build_architecture(spec: str) -> torch.nn.Module:
         factory = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as e:
         raise ValueError(f"--architecture {spec!r}: {e}") from None
-    model = factory()
+    try:
+        model = factory()
+    except TypeError as e:  # a class or function that needs arguments
+        raise ValueError(f"--architecture {spec!r}: calling {name}() failed ({e}); name a callable that builds "
+                         f"the network with no arguments, e.g. a function in your module that returns {name}(...)") \
+            from None
     if not isinstance(model, torch.nn.Module):
         raise ValueError(f"--architecture {spec!r} made a {type(model).__name__}, not a torch.nn.Module")
     return model
@@ -233,9 +273,9 @@ def _with_weights(path, state: dict, architecture: str | None, device) -> torch.
                          "package.module:callable (architecture=...)")
     model = build_architecture(architecture)
     try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise ValueError(f"{path} does not fit {architecture}: {str(e)[:300]}") from None
+        load_weights(model, state, path)
+    except ValueError as e:
+        raise ValueError(f"{e} ({architecture})") from None
     return model.to(device).eval()
 
 
@@ -292,6 +332,13 @@ def export(run_dir, out_dir, run=None, data_dir=None) -> Path:
     store = RunStore(run_dir.resolve().parent)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"{out_dir} is a file: give a new or existing folder outside the run store")
+    check_out_folder(out_dir, "the export folder")
+    if (out_dir / "experiment.json").exists():
+        other = read_checked_json(out_dir / "experiment.json")
+        if other.get("key") != experiment.key:
+            raise ValueError(f"{out_dir} holds the export of another model ({other.get('experiment', {}).get('loss')}-"
+                             f"{other.get('experiment', {}).get('defense')}, key {other.get('key')}): export to a new "
+                             "folder, or delete that one first")
     if out_dir.resolve().is_relative_to(store.root) or store.root.is_relative_to(out_dir.resolve()):
         raise ValueError(f"{out_dir} is inside the run store {store.root} (or holds it): export to a folder "
                          "outside it, so no run's files are overwritten")
@@ -319,6 +366,20 @@ def export(run_dir, out_dir, run=None, data_dir=None) -> Path:
     atomic_write_text(out_dir / "MODEL_CARD.md", model_card(experiment, result, row, len(y),
                                                             sha256_of(out_dir / WEIGHTS), run.profile))
     return out_dir
+
+
+def check_out_folder(folder, what: str) -> None:
+    """A folder a command will write (created if missing) must be writable: checked before any compute, so
+    an hour of attacks is not lost to a path under a file or a read-only folder."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{what} {folder} is a file: give a folder")
+    existing = next(p for p in [folder, *folder.parents] if p.exists() or p == Path(p.anchor))
+    if not existing.is_dir():
+        raise ValueError(f"{what} {folder} lies under {existing}, which is a file: give a folder elsewhere")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} {folder} cannot be written ({existing} is read-only for this user): give "
+                         "another folder")
 
 
 def model_card(experiment: Experiment, result: dict, row: dict, n: int, digest: str, profile=None) -> str:

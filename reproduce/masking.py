@@ -33,7 +33,8 @@ STRONGER = ("pgd20_cw", "apgd_dlr", "apgd_t", "square")  # each compared with CE
 REPORT_COLUMNS = ("pgd20", "pgd20_cw", "apgd_dlr", "apgd_t", "square", WORST)
 TITLES = {"clean": "Clean", "pgd20": "CE-PGD-20", "pgd20_cw": "CW-PGD-20", "apgd_dlr": "APGD-DLR",
           "apgd_t": "APGD-T", "square": "Square", WORST: "worst case", "pgd20_on_square": "CE-PGD-20 (Square's images)",
-          "zero_gradient": "zero CE gradient (%)", "eps_end": "PGD-7 at eps 128/255", "transfer": "best transfer 20PGD",
+          "zero_gradient": "zero CE gradient (%)", "zero_dlr_gradient": "zero DLR gradient (%)",
+          "eps_end": "PGD-7 at eps 128/255", "transfer": "best transfer 20PGD",
           "white_20pgd": "white-box 20PGD"}
 
 
@@ -68,6 +69,7 @@ def report_cells(run) -> tuple[pd.DataFrame, pd.DataFrame]:
         extras.append({"model": exp.label, "seed": exp.seed, "clean": scores["clean"]["final"],
                        "zero_gradient": cached_value(run.store, exp, x, "zero_gradient",
                                                      lambda m=model: audits.zero_gradient_share(m, x, y)),
+                       "zero_dlr_gradient": audits.zero_dlr_gradient_share(scores),
                        "eps_end": list(curve.values())[-1], "transfer": transfer.get((exp.label, exp.seed)),
                        "white_20pgd": scores["pgd20x20"]["final"], **counts})
     return pd.DataFrame(records), pd.DataFrame(extras)
@@ -122,7 +124,7 @@ def masking_report(run) -> tuple[pd.DataFrame, pd.DataFrame]:
     wide = summary.pivot(index="row", columns="column", values="mean").reindex(
         index=pd.unique(cells["row"]), columns=list(REPORT_COLUMNS) + ["pgd20_on_square"])
     more = extras.drop(columns="seed").groupby("model", sort=False).mean()
-    wide = wide.join(more[["clean", "zero_gradient", "eps_end", "transfer", "white_20pgd"]])
+    wide = wide.join(more[["clean", "zero_gradient", "zero_dlr_gradient", "eps_end", "transfer", "white_20pgd"]])
     wide["flagged"] = [bool(reasons[m]) for m in wide.index]
     wide["reason"] = ["; ".join(reasons[m]) for m in wide.index]
     wide.index.name = "model"
@@ -143,8 +145,8 @@ def markdown(wide: pd.DataFrame, summary: pd.DataFrame, run) -> str:
     prof = run.profile
     cols = ["clean"] + list(REPORT_COLUMNS)
     lines = ["### Gradient-masking report: Table I's models under attacks built for their heads", "",
-             "| model | " + " | ".join(TITLES[c] for c in cols) + " | zero CE gradient | PGD-7 at 128/255 | "
-             "best transfer / white-box 20PGD | flag |", "|" + "---|" * (len(cols) + 5)]
+             "| model | " + " | ".join(TITLES[c] for c in cols) + " | zero CE gradient | zero DLR gradient | "
+             "PGD-7 at 128/255 | best transfer / white-box 20PGD | flag |", "|" + "---|" * (len(cols) + 6)]
     for model, row in wide.iterrows():
         values = []
         for c in cols:
@@ -155,8 +157,9 @@ def markdown(wide: pd.DataFrame, summary: pd.DataFrame, run) -> str:
             values.append(f"{v['mean']:.1f} ±{(v['ci_high'] - v['ci_low']) / 2:.1f}")
         transfer = "-" if pd.isna(row["transfer"]) else f"{row['transfer']:.1f}"
         flag = f"**{row['reason']}**" if row["flagged"] else "-"
-        lines.append(f"| {model} | " + " | ".join(values) + f" | {row['zero_gradient']:.1f}% | {row['eps_end']:.1f} | "
-                     f"{transfer} / {row['white_20pgd']:.1f} | {flag} |")
+        dlr = "-" if pd.isna(row["zero_dlr_gradient"]) else f"{row['zero_dlr_gradient']:.1f}%"
+        lines.append(f"| {model} | " + " | ".join(values) + f" | {row['zero_gradient']:.1f}% | {dlr} | "
+                     f"{row['eps_end']:.1f} | {transfer} / {row['white_20pgd']:.1f} | {flag} |")
     n, n_square = int(s["n_images"].max()), int(summary.loc[summary["column"] == "square", "n_images"].max())
     lines += ["", f"- {n} test images per model (Square: the first {n_square}, {prof.square_queries} queries); "
               f"L-inf eps 8/255. CE-PGD-20 is Table I's column (final iterate); CW-PGD-20 ascends the margin "
@@ -171,7 +174,12 @@ def markdown(wide: pd.DataFrame, summary: pd.DataFrame, run) -> str:
               "transfer attack (Table III) lies wholly below white-box 20PGD's interval: the CE gradients "
               "overstated that model's robustness.",
               f"- zero CE gradient: the share of clean test images whose CE input gradient is zero (every entry below "
-              f"{ZERO_GRADIENT:g}), where CE attacks cannot move."]
+              f"{ZERO_GRADIENT:g}), where CE attacks cannot move.",
+              "- zero DLR gradient: the share of test images on which AutoAttack's own check (pyautoattack's "
+              "`check_zero_gradients`) found a DLR input gradient of exactly zero, at APGD-DLR's or APGD-T's "
+              "starting point (the larger; '-': a cache written before the check was kept). DLR is flat wherever the "
+              "true class is not among the top logits it compares, so a few such images are expected; many mean "
+              "the DLR attacks could not move there."]
     if prof.name == "smoke":
         lines.append("- SMOKE PROFILE: these numbers test the pipeline; they do not reproduce the paper.")
     return "\n".join(lines) + "\n"

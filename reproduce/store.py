@@ -237,6 +237,7 @@ def write_weights(model: torch.nn.Module, folder: Path, experiment) -> Path:
     # same weights give the same bytes, so a digest identifies them.
     about = {"key": experiment.key, "label": experiment.label, "experiment": asdict(experiment)}
     save_file(state, str(tmp), metadata={"reproduce": json.dumps(about, sort_keys=True, default=str)})
+    os.chmod(tmp, 0o666 & ~_umask())  # as open() would: others may read a shared run's weights
     digest = sha256_of(tmp)
     tmp.replace(path)
     atomic_write_text(folder / (WEIGHTS + ".sha256"), f"{digest}  {WEIGHTS}\n")
@@ -269,11 +270,17 @@ def read_weights(folder: Path, key: str | None = None) -> dict:
         raise CheckpointError(f"{digest_file} is empty: it should hold the SHA-256 of {WEIGHTS}; export the run again")
     if recorded[0] != sha256_of(path):
         raise CheckpointError(f"{path} does not match its SHA-256 ({digest_file.name}): damaged or edited")
-    if key is not None:
-        found = weights_metadata(path).get("key")
-        if found != key:
-            raise CheckpointError(f"{path} belongs to experiment {found}, not {key}")
-    return load_file(str(path))
+    from safetensors import SafetensorError
+
+    try:
+        if key is not None:
+            found = weights_metadata(path).get("key")
+            if found != key:
+                raise CheckpointError(f"{path} belongs to experiment {found}, not {key}")
+        return load_file(str(path))
+    except (SafetensorError, ValueError, OSError) as e:  # a malformed file whose digest was written to match
+        raise CheckpointError(f"{path} is not a readable safetensors file ({type(e).__name__}: {str(e)[:160]}); "
+                              "export the run again") from None
 
 
 class RunStore:

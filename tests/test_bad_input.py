@@ -59,9 +59,13 @@ def test_profile_overrides_of_the_wrong_type_name_the_field(overrides, message):
     assert get_profile("smoke", epochs=1, lr=1, test_limit=None).epochs == 1
 
 
-def test_an_absurd_budget_is_warned_about_with_its_cost():
-    with pytest.warns(UserWarning, match=r"epochs=1000000000: about 1e\+13 image passes"):
+def test_an_absurd_budget_is_refused_with_its_cost(tmp_path, capsys):
+    with pytest.raises(ValueError, match=r"epochs=1000000000: about 1e\+13 image passes .* at most 5000"):
         make_experiment("SM", "UM", "smoke", "fashion-mnist", epochs=10**9)
+    assert make_experiment("SM", "UM", "smoke", "fashion-mnist", epochs=5000).epochs == 5000
+    assert main(["train", "--profile", "smoke", "--dataset", "fashion-mnist", "--epochs", "10000000",
+                 "--runs", str(tmp_path / "runs")]) == 2
+    assert "at most 5000" in capsys.readouterr().err and not (tmp_path / "runs").exists()
 
 
 def test_a_run_store_that_cannot_be_written_is_named(tmp_path):

@@ -172,3 +172,24 @@ def test_keep_on_drive_puts_the_store_on_drive(tmp_path, colab_kernel):
     assert status == "ok", error
     shared = drive / "MyDrive" / "discriminative-robustness"
     assert out.split() == [str(shared / "runs"), str(shared / "figures")]
+
+
+def test_set_repository_replaces_the_old_url_only_as_a_url_and_writes_nothing_when_a_file_is_unreadable(tmp_path):
+    """A local path as the old URL ("/f") once turned docs' `runs/fashion-mnist-...` into
+    `runshttps://...ashion-mnist-...`; and a notebook it could not read stopped it after pyproject.toml was
+    written."""
+    for part in ("notebooks", "docs", "README.md", "pyproject.toml", "CITATION.cff"):
+        (shutil.copytree if part in ("notebooks", "docs") else shutil.copy)(REPO / part, tmp_path / part)
+    set_repository("/f", tmp_path)
+    usage = (tmp_path / "docs" / "usage.md").read_text()
+    assert "runs/fashion-mnist-" in usage and "pip install git+/f" in usage
+    set_repository("https://github.com/you/repo", tmp_path)
+    usage = (tmp_path / "docs" / "usage.md").read_text()
+    assert "runs/fashion-mnist-" in usage and "runshttps" not in usage
+    assert "pip install git+https://github.com/you/repo" in usage and "git+/f" not in usage
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    (tmp_path / "notebooks" / NOTEBOOKS[-1]).write_text("{not a notebook")
+    before[tmp_path / "notebooks" / NOTEBOOKS[-1]] = b"{not a notebook"
+    with pytest.raises(ValueError, match=f"{NOTEBOOKS[-1]} is not a notebook this package wrote.*nothing was written"):
+        set_repository("https://github.com/them/repo", tmp_path)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before

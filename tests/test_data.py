@@ -66,11 +66,41 @@ def test_unknown_dataset_is_rejected(tmp_path):
 
 
 @needs_fashion
-def test_debian_fashion_mnist_is_wired_in(tmp_path):
-    data = load_dataset("fashion-mnist", tmp_path)
+def test_debian_fashion_mnist_is_wired_in_readable_by_others_and_said(tmp_path, capsys):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        data = load_dataset("fashion-mnist", tmp_path)
+    finally:
+        os.umask(old)
     assert len(data.x_train) == 55000 and len(data.x_val) == 5000 and len(data.x_test) == 10000
-    assert (tmp_path / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").exists()
+    copied = tmp_path / "FashionMNIST" / "raw" / "train-images-idx3-ubyte"
+    assert stat.S_IMODE(copied.stat().st_mode) == 0o644  # a shared data folder: others can train on it
     assert data.classes[-1] == "Ankle boot"
+    assert "using Debian's copy" in capsys.readouterr().out
+
+
+def test_a_users_own_gz_files_are_used_and_a_partial_set_is_named(tmp_path, capsys):
+    """torchvision's download layout keeps the .gz files in raw/: they are the user's data, read as they
+    are, never replaced by Debian's copy; a folder with some of the four files stops with what it found."""
+    import gzip
+
+    root = write_idx(tmp_path / "mine", "FashionMNIST", n_train=300, n_test=60, seed=3)
+    raw = root / "FashionMNIST" / "raw"
+    for f in list(raw.iterdir()):
+        (raw / f"{f.name}.gz").write_bytes(gzip.compress(f.read_bytes()))
+        f.unlink()
+    data = load_dataset("fashion-mnist", root)
+    assert len(data.x_train) + len(data.x_val) == 300 and len(data.x_test) == 60  # the user's, not Debian's
+    assert "Debian" not in capsys.readouterr().out
+    expected = write_idx(tmp_path / "plain", "FashionMNIST", n_train=300, n_test=60, seed=3)
+    assert torch.equal(load_dataset("fashion-mnist", expected).x_test, data.x_test)
+    partial = write_idx(tmp_path / "partial", "FashionMNIST", n_train=30, n_test=10)
+    (partial / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte").unlink()
+    with pytest.raises(DatasetMissing, match="holds train-images-idx3-ubyte.* but not t10k-labels-idx1-ubyte"):
+        load_dataset("fashion-mnist", partial)
 
 
 # ------------------------------------------------------------------ batched augmentation

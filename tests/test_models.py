@@ -73,3 +73,28 @@ def test_build_model_is_seeded_and_heads_are_in_the_module():
     names = dict(a.named_parameters())
     assert "criterion.centers" in names and "criterion.head.weight" in names
     assert a(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("width", [2, 4, 8])
+def test_thin_resnets_train_at_one_thread_without_corrupting_the_heap(width):
+    """On an AVX2 CPU at one thread, torch 2.14's backward of a channels-last 1x1 stride-2 convolution with 2
+    or 4 input channels corrupted the heap: the process died ("free(): invalid next size"), and a notebook
+    kernel with it. Thin ResNets stay in the default layout; this runs their training steps in a child
+    process, so a crash fails the test instead of the suite."""
+    import subprocess
+    import sys
+
+    code = f"""
+import torch
+torch.set_num_threads(1)
+from reproduce.config import make_experiment
+from reproduce.models import build_model
+model = build_model(make_experiment("SM", "UM", "smoke", "cifar10", width={width}), 3, 10)
+x, y = torch.rand(128, 3, 32, 32), torch.randint(0, 10, (128,))
+for _ in range(5):
+    loss, _ = model.criterion(model.embedder(x), y)
+    loss.backward()
+print("trained")
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "trained" in done.stdout, done.stderr[-500:]

@@ -84,3 +84,36 @@ def test_a_metrics_line_is_written_with_its_digest(tmp_path):
     from reproduce.store import read_jsonl
 
     assert read_jsonl(path, key="k") == [{"epoch": 1, "val_acc": 50.0, "key": "k"}]
+
+
+def test_a_run_is_bound_to_its_training_data_and_the_standard_data_keeps_its_keys(tmp_path, capsys):
+    """Two data folders of the same dataset name: a model trained on one is not served for the same command
+    on the other (the training set's identity enters the key where it is not the official one), and the
+    official files (Debian's Fashion-MNIST) keep every key the committed reference run recorded."""
+    import json
+
+    from conftest import FASHION, write_idx
+
+    from reproduce.config import KEYED_WHEN_SET
+    from reproduce.data import training_set_id
+    from reproduce.protocol import TABLE1
+    from reproduce.runner import REPO
+
+    profile = get_profile("smoke", width=4, epochs=1, batch_size=50, train_limit=None, val_limit=None)
+    runs = [Run(profile, "mnist", store=RunStore(tmp_path / "runs"), data_root=write_idx(tmp_path / name, seed=seed),
+                progress=False) for name, seed in (("a", 0), ("b", 1))]
+    a, b = (run.experiment("SM", "UM") for run in runs)
+    assert a.train_data and b.train_data and a.train_data != b.train_data and a.key != b.key
+    assert a.train_data == training_set_id("mnist", tmp_path / "a", runs[0].data)  # the same files, the same id
+    train(a, runs[0].store, data=runs[0].data, device="cpu", progress=False)
+    assert runs[0].finished(a) and not runs[1].finished(b)  # not served for the other folder
+    # a field at its default stays out of the hash: keys recorded before it existed still hold
+    assert make_experiment("SM", "UM", "smoke", "mnist").key == make_experiment(
+        "SM", "UM", "smoke", "mnist", train_data=KEYED_WHEN_SET["train_data"]).key
+    if not FASHION.is_dir():
+        pytest.skip("apt-get install dataset-fashion-mnist: the official files' keys are checked against them")
+    reference = Run("smoke", "fashion-mnist", data_root=tmp_path / "fashion", progress=False)
+    assert reference.train_data == ""
+    manifest = json.loads((REPO / "results" / "fashion-mnist-smoke" / "manifest.json").read_text())
+    for exp in TABLE1.experiments(reference):  # the run's folder name ends with its key
+        assert manifest["experiments"][exp.run_name]["key"] == exp.key, exp.label
