@@ -13,6 +13,7 @@ cores and give the numbers of one process, not more speed; on GPUs they give the
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 
 import torch
@@ -86,7 +87,7 @@ def run_grid(run, experiments, *, executor: str = "none", workers: int = 1, gpus
     if workers < 1:
         raise ValueError(f"workers must be at least 1; got {workers}")
     experiments = list(experiments)
-    if executor == "none":
+    if executor == "none" or all(run.store.is_done(e) for e in experiments):  # no worker for nothing to do
         return train_all(run, experiments)
     jobs = _submit(_worker, run, experiments, executor, workers, gpus, workers_per_gpu, folder, slurm)
     return finish_grid(run, experiments, jobs) if wait else jobs
@@ -95,13 +96,24 @@ def run_grid(run, experiments, *, executor: str = "none", workers: int = 1, gpus
 def finish_grid(run, experiments, jobs) -> dict:
     """Wait for the workers, then train in this process whatever they left (the share of a worker that
     died: a killed process, a lost node) and return every run from the store."""
-    _wait(jobs)
+    _wait(jobs, experiments, run.store.is_done)
     return train_all(run, experiments)
 
 
-def _wait(jobs) -> None:
-    """Wait for every job; a worker that ended without its result is reported, not raised: its claims
-    were released with it, and the caller does what it left."""
+def _wait(jobs, experiments=(), is_done=None, what: str = "trained", poll_s: float = 2.0) -> None:
+    """Wait for every job, saying each of `experiments` as `is_done(experiment)` turns true (the workers'
+    own logs are in the submitit folder, not on this terminal); a worker that ended without its result is
+    reported, not raised: its claims were released with it, and the caller does what it left."""
+    pending = [e for e in experiments if not is_done(e)] if is_done else []
+    total = len(pending)
+    while pending:
+        ended = all(job.done() for job in jobs)
+        for exp in [e for e in pending if is_done(e)]:
+            pending.remove(exp)
+            print(f"{exp.label} seed {exp.seed}: {what} by a worker ({total - len(pending)}/{total})", flush=True)
+        if ended:
+            break
+        time.sleep(poll_s)
     for job in jobs:
         try:
             job.result()
@@ -118,7 +130,16 @@ def evaluate_grid(run, experiments, *, executor: str = "local", workers: int = 1
         return
     if workers < 1:
         raise ValueError(f"workers must be at least 1; got {workers}")
-    _wait(_submit(_eval_worker, run, list(experiments), executor, workers, gpus, workers_per_gpu, folder, slurm))
+    from .evaluation import uncached_columns
+    from .protocol import TABLE1
+
+    x, _ = run.test_images()
+    specs = TABLE1.specs(run.profile)
+    if all(not run.finished(e) or not uncached_columns(e, x, specs, run.store) for e in experiments):
+        return  # every column of every trained model is in the store: no worker for nothing to do
+    jobs = _submit(_eval_worker, run, list(experiments), executor, workers, gpus, workers_per_gpu, folder, slurm)
+    _wait(jobs, [e for e in experiments if run.finished(e)],
+          lambda e: not uncached_columns(e, x, specs, run.store), "Table I's columns computed")
 
 
 def _submit(worker, run, experiments, executor, workers, gpus, workers_per_gpu, folder, slurm):

@@ -37,8 +37,12 @@ def test_every_notebook_runs_and_writes_every_output(tmp_path, capfd, monkeypatc
     # warned of TCP without encryption (the kernels talk over local sockets)
     printed, errors = capfd.readouterr()
     assert "without encryption" not in printed + errors
-    assert "  [02] [1/20] SM-UM" in printed and "  [02] SM-UM epoch 1:" in printed
-    assert "  [03] SM-UM pgd20:" in printed and "  [06] " in printed and "  [01] " in printed
+    # 02's models are trained by its two workers, said as each finishes; 05 trains in its kernel, epoch by epoch
+    assert "  [02] [1/20] SM-UM" in printed and "  [02] SM-UM seed 0: trained by a worker" in printed
+    assert "  [05] AAML-AT epoch 1:" in printed
+    assert "  [03] SM-UM seed 0: Table I's columns computed by a worker" in printed
+    assert "  [03] SM-UM pgd20_cw:" in printed  # the masking report's columns, computed in the kernel
+    assert "  [06] " in printed and "  [01] " in printed
     for name in ("table1", "tables2_3", "table4"):
         assert "**Do the paper's claims hold on this run?**" in (out / f"claims_{name}.md").read_text()
     shapes = {"table1_white_box": (15, 8), "table2_black_box_fgsm": (15, 5), "table3_black_box_20pgd": (15, 5),
