@@ -51,10 +51,12 @@ def ipc_kernel_manager():
     """A kernel manager whose kernels talk over local sockets (IPC), not TCP: nothing listens on a port,
     and ipykernel has no "running over TCP without encryption" warning to print. The sockets are files
     in the temporary folder, removed when the kernel shuts down."""
-    from jupyter_client.manager import KernelManager
+    from jupyter_client.manager import AsyncKernelManager
     from traitlets import Unicode, default
 
-    class IPCKernelManager(KernelManager):
+    # The asynchronous manager, as papermill's own default: with the synchronous one, nbclient's check that the
+    # kernel is alive never answers, and a kernel that dies (a crash in native code) leaves the run waiting.
+    class IPCKernelManager(AsyncKernelManager):
         transport = Unicode("ipc")
 
         @default("ip")
@@ -96,6 +98,7 @@ def execute_notebook(name: str, notebooks_dir: Path, executed_dir: Path, params:
     """Run one notebook through papermill (in this process or a pool's); the outcome as a dict: `ok`, and
     where it failed, the cell and the error. The kernel starts with `threads` CPU threads."""
     import papermill
+    from nbclient.exceptions import DeadKernelError
 
     if threads:
         os.environ["OMP_NUM_THREADS"] = str(threads)  # the kernel inherits it
@@ -109,6 +112,10 @@ def execute_notebook(name: str, notebooks_dir: Path, executed_dir: Path, params:
     except papermill.PapermillExecutionError as e:
         return {"ok": False, "cell": e.exec_count or e.cell_index, "cell_index": e.cell_index,
                 "error": f"{e.ename}: {e.evalue}", "seconds": time.perf_counter() - began}
+    except DeadKernelError:
+        return {"ok": False, "cell": None, "cell_index": None, "seconds": time.perf_counter() - began,
+                "error": "the kernel died (a crash in native code, or out of memory); the executed notebook "
+                         "shows the cell it was running"}
     return {"ok": True, "seconds": time.perf_counter() - began}
 
 

@@ -130,3 +130,56 @@ def test_no_document_calls_a_gap_beyond_chance_within_chance(doc):
     text = " ".join(doc.read_text().split())
     if "beyond chance" in why:
         assert "APGD-T within chance" not in text and "APGD-T 3.7 points" not in text.replace(why, "")
+
+
+def prose(doc=RESULTS_DOC) -> str:
+    return " ".join(doc.read_text().split())
+
+
+TITLES = {"pgd20_cw": "CW-PGD-20", "apgd_dlr": "APGD-DLR", "apgd_t": "APGD-T"}
+
+
+def test_the_masking_reports_prose_is_its_csv():
+    report = pd.read_csv(RESULTS / "masking_report.csv", index_col=0)
+    gaps = {(m, c): report.loc[m, "pgd20"] - report.loc[m, c] for m in report.index for c in TITLES}
+    (model, column), gap = max(gaps.items(), key=lambda kv: kv[1])
+    found = re.search(r"the largest loss to an attack built for the heads is (\S+?)'s ([\d.]+) points on (\S+?)[,.;]",
+                      prose())
+    assert found and found.groups() == (TITLES[column], f"{gap:.1f}", model)
+    flagged = sorted(report.index[report["flagged"]])
+    words = re.search(r"models flagged on this run: ([^.]*)\.", prose()).group(1)
+    assert words == (", ".join(flagged) if flagged else "none")
+
+
+def test_the_seeds_prose_is_the_seeds_table():
+    t = intervals("table1_white_box", SEEDS)
+    seeds = pd.read_csv(SEEDS / "table1_white_box_seeds.csv")
+    worst = t.loc[t["sd"].idxmax()]
+    text = prose()
+    found = re.search(r"the standard deviation between seeds has a median of ([\d.]+) points \(largest ([\d.]+), "
+                      r"(\S+) (\S+)\)", text)
+    assert found and found.groups() == (f"{t['sd'].median():.1f}", f"{worst['sd']:.1f}", worst["row"], worst["column"])
+    half = ((t["ci_high"] - t["ci_low"]) / 2).median()
+    assert f"the 3-seed interval's median half-width is {half:.1f} points" in text
+    zero = seeds[seeds["seed"] == 0].merge(t, left_on=["model", "column"], right_on=["row", "column"])
+    inside = int(((zero["accuracy"] >= zero["ci_low"]) & (zero["accuracy"] <= zero["ci_high"])).sum())
+    assert f"{inside} of the {len(t)} seed-0 cells lie inside their 3-seed interval" in text
+    readme = " ".join(README.read_text().split())
+    assert f"the median SD between the reference's three seeds is {t['sd'].median():.1f} points" in readme
+
+
+def test_the_curves_prose_is_the_curves_csv():
+    eps = pd.read_csv(RESULTS / "curve_eps.csv")
+    end = eps[eps["eps"] == eps["eps"].max()]
+    top = end.loc[end["accuracy"].idxmax()]
+    assert f"the highest accuracy left at eps 128/255 is {top['accuracy']:.2f}% ({top['model']})" in prose()
+    steps = pd.read_csv(RESULTS / "curve_iterations.csv").pivot(index="model", columns="steps", values="accuracy")
+    gap = (steps[20] - steps[100]).abs().max()
+    assert f"PGD-20 is within {gap:.1f} points of PGD-100 for the {len(steps)} models of the steps curve" in prose()
+
+
+def test_the_logit_scale_prose_is_the_sweep():
+    sweep = pd.read_csv(RESULTS / "logit_scale_sweep.csv")
+    depends = sorted(sweep.loc[sweep["depends"], "model"].unique())
+    words = re.search(r"models whose CE-PGD-20 accuracy depends on the attacker's logit scale: ([^.]*)\.", prose())
+    assert words and words.group(1) == (", ".join(depends) if depends else "none")

@@ -114,3 +114,31 @@ def test_two_processes_merging_into_the_manifest_lose_nothing(tmp_path):
     entries = json.loads((tmp_path / "manifest.json").read_text())["experiments"]
     assert len(entries) == 400
     assert not [p.name for p in tmp_path.iterdir() if p.name != "manifest.json"]  # no lock file left among outputs
+
+
+@pytest.mark.parametrize("parallel", [1, 2])
+def test_a_kernel_that_dies_fails_its_notebook_instead_of_hanging_the_run(tmp_path, parallel):
+    """A kernel killed by a crash in native code (os.abort here; a heap corruption in torch once) fails its
+    notebook with the reason, and the run ends with status 1. With jupyter_client's synchronous kernel
+    manager, nbclient never learnt that the kernel had died and the run waited for ever: the run goes in a
+    child process, so a regression fails this test instead of hanging the suite."""
+    import subprocess
+    import sys
+
+    books = tmp_path / "notebooks"
+    books.mkdir()
+    for name in NOTEBOOKS:
+        nb = nbformat.v4.new_notebook()
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nb.cells = [nbformat.v4.new_code_cell("profile = None", metadata={"tags": ["parameters"]}),
+                    nbformat.v4.new_code_cell("import os\n" + ("os.abort()" if name.startswith("02") else ""))]
+        nbformat.write(nb, books / name)
+    data = write_cifar10(tmp_path / "data", n_train=50, n_test=10)
+    code = (f"from reproduce.runner import run_notebooks\nif __name__ == '__main__':\n"
+            f"    raise SystemExit(run_notebooks('smoke', 'cifar10', device='cpu', runs_dir={str(tmp_path / 'runs')!r},"
+            f" data_dir={str(data)!r}, figures_dir={str(tmp_path / 'figures')!r}, notebooks_dir={str(books)!r}, "
+            f"parallel={parallel}, threads=1))")
+    (tmp_path / "go.py").write_text(code)
+    done = subprocess.run([sys.executable, str(tmp_path / "go.py")], capture_output=True, text=True, timeout=240)
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "FAILED: 02_training.ipynb" in done.stdout and "the kernel died" in done.stdout
