@@ -2,6 +2,7 @@
 train / validation / test split every run uses (the batch loader is loader.py)."""
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 import pickle
@@ -94,7 +95,7 @@ def _decompress(gz: Path, target: Path) -> None:
     folder never collide, and a killed copy never becomes the target), with the mode the umask gives."""
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's own 0600 would keep others from a shared data folder
+        os.fchmod(fd, new_file_mode())
         with gzip.open(gz, "rb") as src, os.fdopen(fd, "wb") as dst:
             shutil.copyfileobj(src, dst)
         os.replace(tmp, target)
@@ -102,10 +103,12 @@ def _decompress(gz: Path, target: Path) -> None:
         Path(tmp).unlink(missing_ok=True)
 
 
-def _umask() -> int:
+def new_file_mode() -> int:
+    """The mode open() gives a new file under the user's umask (mkstemp's own 0600 would keep other users
+    from a shared data folder or run)."""
     mask = os.umask(0o022)
     os.umask(mask)
-    return mask
+    return 0o666 & ~mask
 
 
 def _prepare_idx(name: str, root: Path) -> None:
@@ -272,6 +275,13 @@ OFFICIAL_TRAINING_FILES = {
 
 
 def _md5(path: Path) -> str:
+    """The file's MD5, read once per version of the file (a run context asks on every copy it makes)."""
+    stat = path.stat()
+    return _md5_of(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _md5_of(path: str, size: int, mtime_ns: int) -> str:
     import hashlib
 
     digest = hashlib.md5(usedforsecurity=False)

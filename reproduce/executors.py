@@ -89,22 +89,25 @@ def run_grid(run, experiments, *, executor: str = "none", workers: int = 1, gpus
     experiments = list(experiments)
     if executor == "none" or all(run.store.is_done(e) for e in experiments):  # no worker for nothing to do
         return train_all(run, experiments)
+    pending = [e for e in experiments if not run.store.is_done(e)]
     jobs = _submit(_worker, run, experiments, executor, workers, gpus, workers_per_gpu, folder, slurm)
-    return finish_grid(run, experiments, jobs) if wait else jobs
+    return finish_grid(run, experiments, jobs, pending) if wait else jobs
 
 
-def finish_grid(run, experiments, jobs) -> dict:
+def finish_grid(run, experiments, jobs, pending=None) -> dict:
     """Wait for the workers, then train in this process whatever they left (the share of a worker that
-    died: a killed process, a lost node) and return every run from the store."""
-    _wait(jobs, experiments, run.store.is_done)
+    died: a killed process, a lost node) and return every run from the store. `pending`: the experiments
+    that were not done when the jobs were submitted (each is said as it finishes); default all."""
+    _wait(jobs, list(experiments if pending is None else pending), run.store.is_done)
     return train_all(run, experiments)
 
 
-def _wait(jobs, experiments=(), is_done=None, what: str = "trained", poll_s: float = 2.0) -> None:
-    """Wait for every job, saying each of `experiments` as `is_done(experiment)` turns true (the workers'
-    own logs are in the submitit folder, not on this terminal); a worker that ended without its result is
+def _wait(jobs, pending=(), is_done=None, what: str = "trained", poll_s: float = 2.0) -> None:
+    """Wait for every job, saying each of `pending` (what was not done when the jobs were submitted: a
+    worker may finish one before the first look) as `is_done(experiment)` turns true (the workers' own
+    logs are in the submitit folder, not on this terminal); a worker that ended without its result is
     reported, not raised: its claims were released with it, and the caller does what it left."""
-    pending = [e for e in experiments if not is_done(e)] if is_done else []
+    pending = list(pending) if is_done else []
     total = len(pending)
     while pending:
         ended = all(job.done() for job in jobs)
@@ -135,11 +138,11 @@ def evaluate_grid(run, experiments, *, executor: str = "local", workers: int = 1
 
     x, _ = run.test_images()
     specs = TABLE1.specs(run.profile)
-    if all(not run.finished(e) or not uncached_columns(e, x, specs, run.store) for e in experiments):
+    pending = [e for e in experiments if run.finished(e) and uncached_columns(e, x, specs, run.store)]
+    if not pending:
         return  # every column of every trained model is in the store: no worker for nothing to do
     jobs = _submit(_eval_worker, run, list(experiments), executor, workers, gpus, workers_per_gpu, folder, slurm)
-    _wait(jobs, [e for e in experiments if run.finished(e)],
-          lambda e: not uncached_columns(e, x, specs, run.store), "Table I's columns computed")
+    _wait(jobs, pending, lambda e: not uncached_columns(e, x, specs, run.store), "Table I's columns computed")
 
 
 def _submit(worker, run, experiments, executor, workers, gpus, workers_per_gpu, folder, slurm):

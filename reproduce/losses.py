@@ -14,8 +14,14 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pytorch_metric_learning import distances as pml_distances
-from pytorch_metric_learning import losses as pml_losses
+
+
+def _pml():
+    """pytorch-metric-learning's losses and distances, imported when a metric loss is built: the package
+    pulls in scipy.stats (seconds of start-up for every process that only imports the losses)."""
+    from pytorch_metric_learning import distances, losses
+
+    return losses, distances
 
 
 def check_labels(y: torch.Tensor) -> None:
@@ -149,6 +155,7 @@ class ContrastiveLoss(MetricLoss):
     def __init__(self, embedding_dim, num_classes, weight: float = 2.0, margin: float = 0.3,
                  feature_penalty: float = 0.001):
         super().__init__(embedding_dim, num_classes, weight, feature_penalty)
+        pml_losses, pml_distances = _pml()
         self.metric = pml_losses.ContrastiveLoss(pos_margin=1.0, neg_margin=1.0 - margin,
                                                  distance=pml_distances.CosineSimilarity())
 
@@ -176,6 +183,7 @@ class TripletLoss(MetricLoss):
     def __init__(self, embedding_dim, num_classes, weight: float = 2.0, margin: float = 0.03,
                  feature_penalty: float = 0.001):
         super().__init__(embedding_dim, num_classes, weight, feature_penalty)
+        pml_losses, pml_distances = _pml()
         self.metric = pml_losses.TripletMarginLoss(margin=margin, distance=pml_distances.CosineSimilarity(),
                                                    triplets_per_anchor="all")
 

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from .data import new_file_mode
+
 DEFAULT_ROOT = Path(os.environ.get("REPRODUCE_RUNS", "runs"))
 
 
@@ -33,12 +35,6 @@ class StoreError(RuntimeError):
     """A file of the store is damaged or was edited; the message names it and what to do."""
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary file in the same folder, then rename: readers see old or new, never half.
     The file gets the mode the user's umask gives, as open() would (mkstemp's own is 0600)."""
@@ -46,7 +42,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        os.fchmod(fd, 0o666 & ~_umask())
+        os.fchmod(fd, new_file_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -237,7 +233,7 @@ def write_weights(model: torch.nn.Module, folder: Path, experiment) -> Path:
     # same weights give the same bytes, so a digest identifies them.
     about = {"key": experiment.key, "label": experiment.label, "experiment": asdict(experiment)}
     save_file(state, str(tmp), metadata={"reproduce": json.dumps(about, sort_keys=True, default=str)})
-    os.chmod(tmp, 0o666 & ~_umask())  # as open() would: others may read a shared run's weights
+    os.chmod(tmp, new_file_mode())  # as open() would: others may read a shared run's weights
     digest = sha256_of(tmp)
     tmp.replace(path)
     atomic_write_text(folder / (WEIGHTS + ".sha256"), f"{digest}  {WEIGHTS}\n")

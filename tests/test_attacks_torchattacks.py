@@ -15,6 +15,20 @@ def batch(fashion):
     return (fashion.x_test[:300].float() / 255).to(DEVICE), fashion.y_test[:300].to(DEVICE)
 
 
+@pytest.fixture(scope="module")
+def small_model(fashion, tmp_path_factory):
+    """The small CNN of the 10-d figures, one Adam epoch on 10,000 Fashion-MNIST images (about 73% test
+    accuracy): a third of the smoke ResNet's cost per query, for the test that spends most of the suite's
+    queries (Square's)."""
+    from reproduce.config import make_experiment
+    from reproduce.store import RunStore
+    from reproduce.training import train
+
+    exp = make_experiment("SM", "UM", "smoke", "fashion-mnist", model="smallcnn", embedding_dim=10, epochs=1,
+                          train_limit=10000, augment=False, optimizer="adam", lr=3e-3)
+    return train(exp, RunStore(tmp_path_factory.mktemp("runs")), data=fashion, device=DEVICE, progress=False).model
+
+
 def _acc(model, x, y):
     with torch.no_grad():
         return 100 * (model(x).argmax(1) == y).float().mean().item()
@@ -93,19 +107,20 @@ def test_autoattack_column_is_the_reference_code_and_agrees_with_torchattacks(fa
     assert robust_accuracy(fashion_model, x, y, spec) <= pgd20 + ORDER_TOLERANCE
 
 
-def test_standard_autoattack_is_at_least_as_strong_as_torchattacks(fashion_model, batch):
-    """The standard version (the reference: 100 APGD iterations) against torchattacks' (10), at a small
-    eps where images survive APGD-CE, so the targeted attacks and Square have work: never weaker beyond
-    one image, and inside the eps-ball."""
-    x, y = batch[0][:24], batch[1][:24]  # Square's 5000 queries on every survivor: the suite's dearest test
-    clean = _acc(fashion_model, x, y)
-    for eps in (1 / 255, 2 / 255):  # the first that breaks some (the model's weights vary with the thread count)
-        theirs = torchattacks.AutoAttack(fashion_model, eps=eps, version="standard", n_classes=10, seed=0)(x, y)
-        if _acc(fashion_model, theirs, y) < clean:
+def test_standard_autoattack_is_at_least_as_strong_as_torchattacks(small_model, batch):
+    """The standard version (the reference: 100 APGD iterations) against torchattacks' (10), at an eps
+    where images survive APGD-CE, so the targeted attacks and Square have work: never weaker beyond one
+    image, and inside the eps-ball. On the small CNN (Square's 5000 queries on every survivor made this
+    the suite's dearest test on the ResNet), which 8/255 hardly touches: 12/255 breaks about a quarter."""
+    x, y = batch[0][:24], batch[1][:24]
+    clean = _acc(small_model, x, y)
+    for eps in (12 / 255, 16 / 255):  # the first that breaks some (the model's weights vary with the thread count)
+        theirs = torchattacks.AutoAttack(small_model, eps=eps, version="standard", n_classes=10, seed=0)(x, y)
+        if _acc(small_model, theirs, y) < clean:
             break
-    assert 0 < _acc(fashion_model, theirs, y) < clean  # the eps breaks some, not all
-    ours = attack(fashion_model, x, y, AttackSpec("autoattack", eps=eps, version="standard"))
-    assert _acc(fashion_model, ours, y) <= _acc(fashion_model, theirs, y) + 100 / len(y)
+    assert 0 < _acc(small_model, theirs, y) < clean  # the eps breaks some, not all
+    ours = attack(small_model, x, y, AttackSpec("autoattack", eps=eps, version="standard"))
+    assert _acc(small_model, ours, y) <= _acc(small_model, theirs, y) + 100 / len(y)
     assert (ours - x).abs().max() <= eps + 1e-6 and 0 <= ours.min() and ours.max() <= 1
 
 

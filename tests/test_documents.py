@@ -183,3 +183,16 @@ def test_the_logit_scale_prose_is_the_sweep():
     depends = sorted(sweep.loc[sweep["depends"], "model"].unique())
     words = re.search(r"models whose CE-PGD-20 accuracy depends on the attacker's logit scale: ([^.]*)\.", prose())
     assert words and words.group(1) == (", ".join(depends) if depends else "none")
+
+
+def test_every_panel_of_the_reference_runs_2d_figure_is_a_trained_model():
+    """Notebook 01's plane in the executed reference notebook: every panel beats 50% (chance is 10%), and the
+    weakest is HT-SCE+AB, the panel tests/test_losses_training.py retrains at the plane's budget."""
+    (notebook,) = (RESULTS / "notebooks").glob("01_*.ipynb")
+    outputs = [o for cell in json.loads(notebook.read_text())["cells"] for o in cell.get("outputs", [])]
+    (table,) = ["".join(o["data"]["text/plain"]) for o in outputs
+                if "test accuracy (%)" in "".join(o.get("data", {}).get("text/plain", ""))]
+    header, row = table.splitlines()
+    accuracy = dict(zip(header.split(), map(float, row.split()[3:])))
+    assert len(accuracy) == 8 and min(accuracy.values()) > 50.0, accuracy
+    assert min(accuracy, key=accuracy.get) == "HT-SCE+AB"

