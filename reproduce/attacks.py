@@ -25,10 +25,14 @@ STEP = 2 / 255
 
 ITERATIVE = ("bim", "pgd", "mim", "apgd", "apgd-t", "square")  # need steps= (square: its queries)
 # The losses each attack can ascend; the first is its default. "cw": the margin max_{j != y} z_j - z_y
-# (Carlini-Wagner's, unclamped); "dlr": the margin over the spread of the top logits (scale-free).
-ATTACK_LOSSES = {"fgsm": ("ce", "cw"), "bim": ("ce", "cw"), "pgd": ("ce", "cw"), "mim": ("ce", "cw"),
+# (Carlini-Wagner's, unclamped); "dlr": the margin over the spread of the top logits (scale-free); "kl":
+# the KL divergence of the prediction from the model's prediction on the clean image (TRADES's crafting).
+ATTACK_LOSSES = {"fgsm": ("ce", "cw"), "bim": ("ce", "cw"), "pgd": ("ce", "cw", "kl"), "mim": ("ce", "cw"),
                  "apgd": ("ce", "dlr"), "apgd-t": ("dlr",), "square": ("margin",), "autoattack": ("ensemble",)}
 GRADIENT_ATTACKS = ("fgsm", "bim", "pgd", "mim")  # ours: the ones that take logit_scale and logits_of
+# PGD's random start: uniform in the eps-ball (Madry et al.), or 0.001 * N(0, 1) (TRADES's and MART's code)
+STARTS = ("uniform", "gaussian")
+GAUSSIAN_START = 0.001
 
 
 @dataclass(frozen=True)
@@ -44,7 +48,8 @@ class AttackSpec:
 
     `loss` picks what the attack ascends (ATTACK_LOSSES); `logit_scale` multiplies the logits before
     the loss (an attacker's temperature: a robust model does not care); `images` attacks only the first
-    N test images of an evaluation (the budget of a costly attack such as Square).
+    N test images of an evaluation (the budget of a costly attack such as Square). `start` is PGD's random
+    start (STARTS): "gaussian" is TRADES's and MART's 0.001 * N(0, 1), taken unclipped.
     """
 
     name: str  # fgsm | bim | pgd | mim | autoattack | apgd | apgd-t | square
@@ -62,6 +67,7 @@ class AttackSpec:
     logit_scale: float = 1.0  # fgsm / bim / pgd / mim: the loss is taken of logit_scale * logits
     targets: int = 9  # apgd-t: the most likely other classes it targets in turn
     images: int | None = None  # evaluate on the first N test images only (None: all)
+    start: str = "uniform"  # pgd: STARTS
 
     def __post_init__(self):
         if self.name not in ATTACKS:
@@ -104,6 +110,11 @@ class AttackSpec:
             object.__setattr__(self, name, _checked(name, getattr(self, name), low, high, whole))
         if self.logit_scale == 0:
             raise ValueError("AttackSpec logit_scale=0: must be above 0 (it multiplies the logits)")
+        if self.start not in STARTS:
+            raise ValueError(f"AttackSpec start={self.start!r}: choose one of {list(STARTS)}")
+        if self.loss == "kl" and self.restarts != 1:
+            raise ValueError("AttackSpec loss='kl' crafts training examples: restarts=1 (a restart keeps what "
+                             "breaks the label, and KL ascends away from the clean prediction instead)")
 
     @property
     def column(self) -> str:
@@ -114,7 +125,8 @@ class AttackSpec:
         caches (loss, logit_scale, targets, images) appear only where they differ from their defaults,
         so caches of the attacks that existed before them stay valid."""
         fields = asdict(self)
-        defaults = {"loss": ATTACK_LOSSES[self.name][0], "logit_scale": 1.0, "targets": 9, "images": None}
+        defaults = {"loss": ATTACK_LOSSES[self.name][0], "logit_scale": 1.0, "targets": 9, "images": None,
+                    "start": "uniform"}
         return {k: v for k, v in fields.items() if k not in defaults or v != defaults[k]}
 
 
@@ -151,10 +163,14 @@ def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def attack_loss(logits: torch.Tensor, y: torch.Tensor, loss: str = "ce", logit_scale: float = 1.0) -> torch.Tensor:
-    """The summed loss a gradient attack ascends: cross-entropy or the CW margin of logit_scale * logits."""
+    """The summed loss a gradient attack ascends: cross-entropy or the CW margin of logit_scale * logits;
+    for "kl", `y` holds the clean prediction's probabilities (N, classes) and the loss is KL(clean || adv),
+    summed (TRADES's nn.KLDivLoss(size_average=False))."""
     logits = logits.float() * logit_scale if logit_scale != 1.0 else logits.float()
     if loss == "cw":
         return margin(logits, y).sum()
+    if loss == "kl":
+        return F.kl_div(F.log_softmax(logits, dim=1), y, reduction="sum")
     return F.cross_entropy(logits, y, reduction="sum")
 
 
@@ -169,7 +185,8 @@ def input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, with_corr
     objective = (F.cross_entropy(logits, y, reduction="sum") if spec is None
                  else attack_loss(logits, y, spec.loss, spec.logit_scale))
     (grad,) = torch.autograd.grad(objective, x)
-    return (grad, logits.detach().argmax(1) == y) if with_correct else grad
+    labels = y if y.dim() == 1 else y.argmax(1)  # kl: "correct" is the clean prediction kept
+    return (grad, logits.detach().argmax(1) == labels) if with_correct else grad
 
 
 def _per_example(t: torch.Tensor) -> tuple:
@@ -200,8 +217,13 @@ def fgsm(model, x, y, spec: AttackSpec, start=None, stop_when_broken: bool = Fal
 
 
 def random_start(x: torch.Tensor, spec: AttackSpec) -> torch.Tensor | None:
-    """The uniform start offset of a PGD run (None without random start)."""
-    return torch.empty_like(x).uniform_(-spec.eps, spec.eps) if spec.random_start else None
+    """The start offset of a PGD run (None without random start): uniform in the eps-ball, or
+    0.001 * N(0, 1) (spec.start "gaussian", TRADES's and MART's torch.randn)."""
+    if not spec.random_start:
+        return None
+    if spec.start == "gaussian":
+        return GAUSSIAN_START * torch.randn_like(x)
+    return torch.empty_like(x).uniform_(-spec.eps, spec.eps)
 
 
 def pgd(model, x, y, spec: AttackSpec, start: torch.Tensor | None = None, stop_when_broken: bool = False,
@@ -378,7 +400,13 @@ def attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec,
     x, y = x.detach(), y.detach()  # eps = 0 runs the same code: the eps = 0 sanity check tests it
     check_images(x, check_range)
     check_labels(x, y, check_range)
+    if spec.loss == "kl" and (stop_when_broken or logits_of is not None or spec.name != "pgd"):
+        raise ValueError("loss='kl' (TRADES's crafting) runs PGD on the prediction logits, for training: "
+                         "no stop_when_broken, no logits_of")
     with attack_mode(model, train_mode):
+        if spec.loss == "kl":  # the clean prediction it ascends away from, in the attack's own mode
+            with torch.no_grad():
+                y = F.softmax(model(x).float(), dim=1)
         x_adv = _single_run(model, x, y, spec, None, stop_when_broken, record, logits_of)
         if spec.restarts == 1:
             return x_adv.detach()

@@ -31,8 +31,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .config import OBJECTIVES, OPTIMIZERS, defense_name, parse_label, profile_help
+from .config import OPTIMIZERS, parse_label, profile_help
 from .data import DATASETS
+from .defenses import OBJECTIVES, defense_name
 from .losses import LOSSES, loss_name
 from .protocol import TABLES
 
@@ -143,6 +144,8 @@ def cmd_train(args) -> int:
     overrides = {k: v for k, v in dict(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                                        train_limit=args.train_limit, optimizer=args.optimizer).items()
                  if v is not None}
+    if args.defense_param:
+        overrides["defense_params"] = _key_values(args.defense_param)
     exp = run.experiment(args.loss, args.defense, args.seed, loss_params=_key_values(args.param), **overrides)
     print(f"experiment {exp.label} ({exp.profile}, {exp.dataset}) -> {run.store.run_dir(exp)}")
     trained = train(exp, run.store, data=run.data_root, device=run.device, progress=run.progress,
@@ -486,6 +489,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="default: the profile's")
     p.add_argument("--train-limit", type=int, help="train on the first N images (default: the profile's)")
     p.add_argument("--param", action="append", metavar="NAME=VALUE", help="a loss parameter, e.g. --param s=4")
+    p.add_argument("--defense-param", action="append", metavar="NAME=VALUE",
+                   help="a defence parameter, e.g. --defense TRADES --defense-param beta=1")
     _budget_option(p)
     p.set_defaults(func=cmd_train)
 

@@ -13,6 +13,8 @@ import os
 import sys
 from dataclasses import dataclass
 
+from .defenses import CRAFT_LOGITS, DEFENSES, OBJECTIVES, defense_name
+
 
 @dataclass(frozen=True)
 class Profile:
@@ -169,24 +171,6 @@ def profile_help() -> str:
     return "\n".join(lines)
 
 
-DEFENSES = ("UM", "AT", "ALP")
-DEFENSE_ALIASES = {"plain": "UM", "none": "UM", "undefended": "UM", "standard": "UM",
-                   "pgd-at": "AT", "adversarial-training": "AT", "madry": "AT",
-                   "logit-pairing": "ALP", "adversarial-logit-pairing": "ALP"}
-
-
-def defense_name(name: str) -> str:
-    """UM, AT or ALP, given as such (any case) or by a common alias ("plain", "PGD-AT", "logit-pairing")."""
-    if name in DEFENSES:
-        return name
-    folded = str(name).strip().lower().replace("_", "-").replace(" ", "-")
-    found = {d.lower(): d for d in DEFENSES}.get(folded) or DEFENSE_ALIASES.get(folded)
-    if found is None:
-        aliases = ", ".join(f"{a}={c}" for a, c in DEFENSE_ALIASES.items())
-        raise ValueError(f"unknown defense {name!r}; choose one of {list(DEFENSES)} (also accepted: {aliases})")
-    return found
-
-
 def parse_label(label: str) -> tuple[str, str]:
     """(loss, defense) of a table label such as "AAML-AT" or "ArcFace-AT" (the defence follows the last
     hyphen, so "HT-SCE-UM" works)."""
@@ -198,24 +182,21 @@ def parse_label(label: str) -> tuple[str, str]:
     return loss_name(loss), defense_name(defense)
 OPTIMIZERS = ("sgd", "adam")
 MAX_EPOCHS = 5000  # five times the paper's cap: more is a typo, not a schedule
-# How AT and ALP combine clean and adversarial terms: as the authors' code computed the published
-# numbers (per loss; see defenses.py), or as the paper's text describes them.
-OBJECTIVES = ("authors", "paper")
 # Bumped whenever a definition that decides a number changes (an objective, an attack, the split):
 # it enters every run hash and every evaluation cache, so nothing stale is ever served.
 PROTOCOL_VERSION = 5  # 5: the authors' norm terms, crafting logits, scoring and checkpoint rule
-# Which logits the PGD that crafts AT / ALP examples ascends: the training logits (with an angular
-# loss's margin, as the authors' PGD did, the model being in train mode) or the prediction logits.
-CRAFT_LOGITS = ("training", "prediction")
 # Which epoch's weights a run keeps: the best clean validation accuracy, the best PGD-7 validation
 # accuracy, or the last epoch.
 KEEP_RULES = ("best_clean_val", "best_pgd7_val", "last")
 
 
-# Experiment fields added after the keys of stored runs were fixed, with their defaults: a field at its
-# default stays out of the hash, so adding one moves no existing key (tests/test_protocol.py checks the
-# committed manifests' keys).
-KEYED_WHEN_SET = {"train_data": ""}
+# The Experiment fields of 0.4.0, when the keys of stored runs were fixed: each is always in the hash. A
+# field added since enters it only where it differs from its default, so adding one (with a default that
+# keeps the old behaviour) moves no existing key (tests/test_store_binding.py checks the committed manifests).
+KEYED_FIELDS_0_4 = ("dataset", "loss", "defense", "seed", "profile", "model", "width", "max_pool", "embedding_dim",
+                    "epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "schedule",
+                    "plateau_patience", "train_limit", "val_limit", "loss_params", "attack_eps", "attack_step",
+                    "attack_steps", "craft_bn_mode", "augment", "objectives", "craft_logits", "keep")
 
 
 def authors_keep_rule(loss: str, defense: str) -> str:
@@ -223,7 +204,7 @@ def authors_keep_rule(loss: str, defense: str) -> str:
     validation epoch (their softmax script validates on PGD-7 images), every other model its last epoch."""
     if loss != "SM":
         return "last"
-    return "best_clean_val" if defense == "UM" else "best_pgd7_val"
+    return DEFENSES[defense].softmax_keep
 
 
 @dataclass(frozen=True)
@@ -253,13 +234,14 @@ class Experiment:
     attack_eps: float = 8 / 255  # AT / ALP crafting
     attack_step: float = 2 / 255
     attack_steps: int = 7
-    craft_bn_mode: str = "train"  # batch-norm mode while crafting training examples (authors: train)
+    craft_bn_mode: str = ""  # batch-norm mode while crafting ("train" or "eval"; "": the defence's, authors: train)
     augment: bool = True
     objectives: str = "authors"  # AT / ALP objectives: "authors" (their code) or "paper" (its text)
     craft_logits: str = ""  # CRAFT_LOGITS; "": "training" under the authors' objectives, else "prediction"
     keep: str = ""  # KEEP_RULES; "": the authors' rule for the paper's losses (authors' objectives), else best clean
-    # Fields added after 0.4.0 (KEYED_WHEN_SET): in the key only when they differ from their default.
+    # Fields added after 0.4.0 (not in KEYED_FIELDS_0_4): in the key only where they differ from their default.
     train_data: str = ""  # data.training_set_id: "" for the dataset's official training files
+    defense_params: tuple = ()  # sorted (name, value) pairs of the defence's parameters, e.g. (("beta", 6.0),)
 
     def __post_init__(self):
         from .losses import PAPER_LOSSES, loss_name, resolve_loss_params
@@ -268,26 +250,31 @@ class Experiment:
         object.__setattr__(self, "defense", defense_name(self.defense))
         if self.objectives not in OBJECTIVES:
             raise ValueError(f"unknown objectives {self.objectives!r}; choose one of {list(OBJECTIVES)}")
-        if self.defense == "UM":
+        defense = DEFENSES[self.defense]
+        if not defense.crafts:
             # UM trains on clean images under either reading: one run serves both.
             object.__setattr__(self, "objectives", "authors")
+        elif self.objectives not in defense.readings:  # TRADES, MART: their own objective, one reading
+            object.__setattr__(self, "objectives", defense.readings[0])
         elif self.objectives == "authors" and self.loss not in PAPER_LOSSES:
             raise ValueError(f"the authors' code defines AT / ALP objectives for {list(PAPER_LOSSES)} only; "
                              f"train {self.loss}-{self.defense} with objectives='paper'")
         authors = self.objectives == "authors"
         # Written out, so the hash records what ran; UM crafts nothing, so one UM run serves every choice.
-        craft = "training" if self.defense == "UM" else self.craft_logits or ("training" if authors else "prediction")
+        craft = (self.craft_logits or ("training" if authors else "prediction")) if defense.crafts else "training"
         if craft not in CRAFT_LOGITS:
             raise ValueError(f"unknown craft_logits {self.craft_logits!r}; choose one of {list(CRAFT_LOGITS)}")
         object.__setattr__(self, "craft_logits", craft)
-        keep = self.keep or (authors_keep_rule(self.loss, self.defense) if authors and self.loss in PAPER_LOSSES
-                             else "best_clean_val")
+        keep = self.keep or defense.keep or (authors_keep_rule(self.loss, self.defense)
+                                             if authors and self.loss in PAPER_LOSSES else "best_clean_val")
         if keep not in KEEP_RULES:
             raise ValueError(f"unknown keep rule {self.keep!r}; choose one of {list(KEEP_RULES)}")
         object.__setattr__(self, "keep", keep)
         # Every loss parameter written out, with the type of its default: s=4 and s=4.0 are one run,
         # and a changed default retrains instead of reusing.
         object.__setattr__(self, "loss_params", resolve_loss_params(self.loss, dict(self.loss_params)))
+        object.__setattr__(self, "defense_params", defense.resolve_params(dict(self.defense_params)))
+        object.__setattr__(self, "craft_bn_mode", self.craft_bn_mode or defense.craft_bn_mode)
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {list(OPTIMIZERS)}")
         if self.schedule not in ("onecycle", "plateau", "constant"):
@@ -314,9 +301,9 @@ class Experiment:
     @property
     def key(self) -> str:
         fields = dict(dataclasses.asdict(self), protocol=PROTOCOL_VERSION)
-        for name, default in KEYED_WHEN_SET.items():  # a store outlives releases: old keys stay as they were
-            if fields[name] == default:
-                del fields[name]
+        for f in dataclasses.fields(self):  # a store outlives releases: old keys stay as they were
+            if f.name not in KEYED_FIELDS_0_4 and fields[f.name] == f.default:
+                del fields[f.name]
         text = json.dumps(fields, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 

@@ -183,16 +183,6 @@ def cached_value(store: RunStore, experiment, images, name: str, compute):
     return found["value"]
 
 
-def white_box(model, images, labels, specs: list[AttackSpec], *, progress: bool = True,
-              label: str = "", scoring: str = "final") -> dict:
-    """{'clean': acc, column: acc for each spec}."""
-    row = {"clean": robust_accuracy(model, images, labels, None)}
-    for spec in specs:
-        row[spec.column] = robust_accuracy(model, images, labels, spec, progress=progress, scoring=scoring,
-                                           desc=f"{label} {spec.column}".strip())
-    return row
-
-
 def eps_curve(model, images, labels, base: AttackSpec | None = None, eps_values=EPS_SWEEP, *,
               key: str = FOREIGN_KEY) -> dict:
     """PGD accuracy as eps grows ({eps as text: accuracy}); it must fall toward zero, or the gradients

@@ -13,17 +13,17 @@ import math
 
 from . import protocol
 from .abcl import SCALE_SWEEP_LOSSES
+from .defenses import DEFENSES
 from .evaluation import EPS_SWEEP
 from .protocol import APPENDIX_COLUMNS, CLEAN, ITERATION_SWEEP, TABLES, Table, passes
 
 TRAIN_IMAGES = {"cifar10": 45_000, "fashion-mnist": 55_000, "mnist": 55_000}
 TEST_IMAGES = 10_000
-PASSES_PER_IMAGE = {"UM": 1, "AT": 8, "ALP": 9}  # a clean step; PGD-7 crafting + the step; + the clean pass
 
 
 def _training_passes(run, exp) -> float:
     n_train = TRAIN_IMAGES[run.dataset]
-    return min(n_train, exp.train_limit or n_train) * exp.epochs * PASSES_PER_IMAGE[exp.defense]
+    return min(n_train, exp.train_limit or n_train) * exp.epochs * DEFENSES[exp.defense].passes_per_image
 
 
 def _evaluation_rows(run, table: Table, n_test: int) -> list[dict]:

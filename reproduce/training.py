@@ -263,7 +263,7 @@ def _train_epoch(experiment, t: _Training, epoch: int, device, progress: bool) -
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device):
             loss, logits = defense_loss(t.model, x, y, experiment.defense, t.spec, experiment.craft_bn_mode,
-                                        experiment.objectives, experiment.craft_logits)
+                                        experiment.objectives, experiment.craft_logits, experiment.defense_params)
         t.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         t.optimizer.step()

@@ -94,9 +94,8 @@ def test_a_run_is_bound_to_its_training_data_and_the_standard_data_keeps_its_key
 
     from conftest import FASHION, write_idx
 
-    from reproduce.config import KEYED_WHEN_SET
     from reproduce.data import training_set_id
-    from reproduce.protocol import TABLE1
+    from reproduce.protocol import TABLES
     from reproduce.runner import REPO
 
     profile = get_profile("smoke", width=4, epochs=1, batch_size=50, train_limit=None, val_limit=None)
@@ -109,11 +108,40 @@ def test_a_run_is_bound_to_its_training_data_and_the_standard_data_keeps_its_key
     assert runs[0].finished(a) and not runs[1].finished(b)  # not served for the other folder
     # a field at its default stays out of the hash: keys recorded before it existed still hold
     assert make_experiment("SM", "UM", "smoke", "mnist").key == make_experiment(
-        "SM", "UM", "smoke", "mnist", train_data=KEYED_WHEN_SET["train_data"]).key
+        "SM", "UM", "smoke", "mnist", train_data="").key
     if not FASHION.is_dir():
         pytest.skip("apt-get install dataset-fashion-mnist: the official files' keys are checked against them")
     reference = Run("smoke", "fashion-mnist", data_root=tmp_path / "fashion", progress=False)
     assert reference.train_data == ""
     manifest = json.loads((REPO / "results" / "fashion-mnist-smoke" / "manifest.json").read_text())
-    for exp in TABLE1.experiments(reference):  # the run's folder name ends with its key
-        assert manifest["experiments"][exp.run_name]["key"] == exp.key, exp.label
+    recorded = {name: entry["key"] for name, entry in manifest["experiments"].items()}
+    today = {exp.run_name: exp.key for table in TABLES.values() for exp in table.experiments(reference)}
+    assert set(recorded) <= set(today) and len(recorded) == 40  # Tables I-IV: 15 + 5 surrogates + 20
+    assert all(today[name] == key for name, key in recorded.items())  # a folder's name ends with its key
+
+
+def test_a_field_added_with_a_default_moves_no_key():
+    """Every Experiment field of 0.4.0 is hashed; one added since enters the key only when it is set to
+    something other than its default (a TRADES beta added tomorrow leaves today's runs where they are)."""
+    import dataclasses
+
+    from reproduce.config import KEYED_FIELDS_0_4, Experiment, make_experiment
+
+    later = dataclasses.make_dataclass("Later", [("beta", float, dataclasses.field(default=6.0))],
+                                       bases=(Experiment,), frozen=True)
+    for loss, defense in (("SM", "UM"), ("AAML", "AT"), ("TL", "ALP")):
+        now = make_experiment(loss, defense, "smoke", "cifar10")
+        fields = dataclasses.asdict(now)
+        assert later(**fields).key == now.key
+        assert later(**fields, beta=3.0).key != now.key
+    assert {f.name for f in dataclasses.fields(Experiment)} - set(KEYED_FIELDS_0_4) == {"train_data"}
+    # the 0.4.0 key, written out: every field of 0.4.0 with its value (defaults too) and the protocol version
+    import hashlib
+    import json
+
+    from reproduce.config import PROTOCOL_VERSION
+
+    exp = make_experiment("AAML", "AT", "smoke", "cifar10")
+    old = {k: v for k, v in dataclasses.asdict(exp).items() if k != "train_data"}
+    text = json.dumps(dict(old, protocol=PROTOCOL_VERSION), sort_keys=True, default=str)
+    assert exp.key == hashlib.sha256(text.encode()).hexdigest()[:12]
