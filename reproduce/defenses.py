@@ -21,6 +21,7 @@ UM trains on clean images. AT and ALP come in two readings (`objectives`):
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -71,7 +72,13 @@ class Defense:
         if unknown:
             raise ValueError(f"defence {self.name} has no parameter {unknown}; its parameters: "
                              f"{dict(self.params) or 'none'}")
-        return tuple(sorted((k, type(v)(given.get(k, v))) for k, v in self.params.items()))
+        resolved = []
+        for name, default in sorted(self.params.items()):
+            value = given.get(name, default)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"defence {self.name} parameter {name}={value!r}: expected a finite number >= 0")
+            resolved.append((name, type(default)(value)))
+        return tuple(resolved)
 
 
 DEFENSES: dict[str, Defense] = {}

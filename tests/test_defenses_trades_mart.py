@@ -142,6 +142,9 @@ def test_a_defence_parameter_is_checked_and_keyed(tmp_path, cifar_root, capsys):
         make_experiment("SM", "TRADES", "smoke", "cifar10", defense_params={"gamma": 1.0})
     with pytest.raises(ValueError, match="has no parameter"):
         make_experiment("SM", "AT", "smoke", "cifar10", defense_params={"beta": 1.0})
+    for bad in ("six", float("nan"), -1.0, True):
+        with pytest.raises(ValueError, match=r"TRADES parameter beta=.*: expected a finite number >= 0"):
+            make_experiment("SM", "TRADES", "smoke", "cifar10", defense_params={"beta": bad})
     rc = main(["train", "--defense", "TRADES", "--defense-param", "gamma=1", "--profile", "smoke", "--dataset",
                "cifar10", "--runs", str(tmp_path / "runs"), "--data", str(cifar_root)])
     printed = capsys.readouterr()
