@@ -144,13 +144,15 @@ def test_new_attack_fields_are_checked_and_leave_old_caches_valid():
 
     old = AttackSpec("pgd", steps=20, label="pgd20")
     assert old.identity() == {k: v for k, v in asdict(old).items()
-                              if k not in ("loss", "logit_scale", "targets", "images")}
+                              if k not in ("loss", "logit_scale", "targets", "images", "start")}
     assert AttackSpec("pgd", steps=20, loss="cw").identity()["loss"] == "cw"
+    assert AttackSpec("pgd", steps=20, start="gaussian").identity()["start"] == "gaussian"
     for bad in (dict(name="pgd", steps=20, loss="dlr"), dict(name="apgd", steps=20, loss="cw"),
                 dict(name="square", steps=10, logit_scale=2.0), dict(name="pgd", steps=20, logit_scale=0.0),
                 dict(name="pgd", steps=20, logit_scale=float("nan")), dict(name="apgd-t", steps=5, targets=0),
                 dict(name="square", steps=10, images=0), dict(name="apgd", steps=5, restarts=2),
-                dict(name="square")):
+                dict(name="square"), dict(name="pgd", steps=7, start="normal"),
+                dict(name="pgd", steps=7, loss="kl", restarts=2), dict(name="bim", steps=7, loss="kl")):
         with pytest.raises(ValueError):
             AttackSpec(**bad)
 

@@ -180,8 +180,8 @@ def test_the_names_researchers_use():
     assert make_experiment("arcface", "pgd-at", "smoke").key == make_experiment("AAML", "AT", "smoke").key
     with pytest.raises(ValueError, match=r"unknown loss 'FOO'; choose one of .*'AAML'"):
         make_loss("FOO", 8, 10)
-    with pytest.raises(ValueError, match="unknown defense 'TRADES'"):
-        make_experiment("SM", "TRADES")
+    with pytest.raises(ValueError, match="unknown defense 'FREEAT'"):
+        make_experiment("SM", "FREEAT")
     # 20PGD's title says the restarts the profile ran
     assert TABLE1.title_of("pgd20x20", get_profile("smoke")) == "20PGD (20; 3 restarts)"
     assert TABLE1.title_of("pgd20x20", get_profile("quick")) == "20PGD (20)"

@@ -122,7 +122,7 @@ def test_a_run_is_bound_to_its_training_data_and_the_standard_data_keeps_its_key
 
 def test_a_field_added_with_a_default_moves_no_key():
     """Every Experiment field of 0.4.0 is hashed; one added since enters the key only when it is set to
-    something other than its default (a TRADES beta added tomorrow leaves today's runs where they are)."""
+    something other than its default (as `defense_params`, TRADES's beta, was: no run of 0.4.0 moved)."""
     import dataclasses
 
     from reproduce.config import KEYED_FIELDS_0_4, Experiment, make_experiment

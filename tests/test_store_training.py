@@ -34,7 +34,7 @@ def test_bad_input_is_rejected_before_compute():
     with pytest.raises(ValueError, match="unknown loss"):
         tiny("Softmaxx")  # "Softmax" itself is an alias of SM (losses.loss_name)
     with pytest.raises(ValueError, match="unknown defense"):
-        tiny(defense="TRADES")
+        tiny(defense="FREE-AT")
     with pytest.raises(ValueError, match="no parameter"):
         tiny("AAML", loss_params={"margin": 0.3})
     with pytest.raises(ValueError, match="attack_eps"):
