@@ -1,5 +1,6 @@
-"""A crash at every write of the store, then a resume: the run ends as an uninterrupted one (a file of its
-own so that `make test`'s workers share the suite's slowest tests evenly)."""
+"""A crash at every write of the store, then a resume: the run ends as an uninterrupted one. A file of its
+own, named to be collected early: `--dist loadfile` hands out files in collection order, and this one
+(about 200 s of one core) left one worker idle at the end of the suite when it came last."""
 import json
 import os
 import subprocess
