@@ -350,7 +350,7 @@ def make_experiment(loss: str = "SM", defense: str = "UM", profile: str | Profil
     loss, defense = loss_name(loss), defense_name(defense)
     loss_params = dict(resolve_loss_params(loss, dict(loss_params or {})))
     make_loss(loss, 4, 2, **loss_params)  # a loss that cannot be built fails now, not mid-run
-    adversarial = defense != "UM"
+    adversarial = DEFENSES[defense].crafts  # a defence that crafts gets the profile's adversarial budgets
     fields = dict(dataset=dataset, loss=loss, defense=defense, seed=seed, profile=prof.name,
                   width=prof.width, epochs=prof.epochs, lr=prof.lr, schedule=prof.schedule, val_limit=prof.val_limit,
                   batch_size=prof.adv_batch_size if adversarial and prof.adv_batch_size else prof.batch_size,
