@@ -40,9 +40,10 @@ test: $(VENV)/.installed
 	$(PY) -m pytest -q -n auto --dist loadfile tests  # a worker per core, a file per worker (tests/conftest.py)
 
 # The core package alone (`pip install .`) in a new, empty environment (pip check, then an attack), and the
-# notebooks install resolved against Colab's packages (tests/install). CI runs it after the suite.
+# notebooks install resolved against Colab's packages (tests/install). CI runs it after the suite, two tests
+# at a time: they wait on the disk and the package index more than on the cores (542 s one at a time).
 check-install: $(VENV)/.installed
-	$(PY) -m pytest -q -m install tests/install
+	$(PY) -m pytest -q -n 2 --dist load -m install tests/install
 
 $(LAB)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(LAB)

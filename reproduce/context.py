@@ -108,8 +108,8 @@ class Run:
         """An experiment of this run's profile, dataset and objectives (config.make_experiment), bound to
         the training set in data_root where it is not the dataset's official one (`train_data`)."""
         overrides.setdefault("train_data", self.train_data)
-        return make_experiment(loss, defense, self.profile, self.dataset, seed, objectives=self.objectives,
-                               **overrides)
+        overrides.setdefault("objectives", self.objectives)
+        return make_experiment(loss, defense, self.profile, self.dataset, seed, **overrides)
 
     def finished(self, experiment) -> bool:
         return self.store.is_finished(experiment)

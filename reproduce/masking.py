@@ -24,7 +24,7 @@ import torch
 from . import audits, figures
 from .audits import MIN_GAP, ZERO_GRADIENT
 from .evaluation import cached_value, column_scores, evaluate_white_box
-from .protocol import LOGIT_SCALES, MASKING_COLUMNS, PGD20_COLUMN, SCALE_SWEEP_MODELS, TABLE1, TABLE3
+from .protocol import LOGIT_SCALES, MASKING_COLUMNS, PGD20_COLUMN, SCALE_SWEEP_MODELS, TABLE1, TABLE3, Table
 from .stats import wilson_interval
 from .tables import cell, compute, summarise
 
@@ -42,16 +42,17 @@ def _pct(bits: torch.Tensor) -> float:
     return 100.0 * bits.float().mean().item() if len(bits) else float("nan")
 
 
-def report_cells(run) -> tuple[pd.DataFrame, pd.DataFrame]:
+def report_cells(run, table: Table = TABLE1) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(cells, extras): the report's accuracies as table cells (row = model, a column per attack and the
     worst case, one line per seed) and, per model and seed, the numbers that are not accuracies of one
-    attack (zero-gradient share, eps curve's end, transfer) with Square's images' CE-PGD-20."""
+    attack (zero-gradient share, eps curve's end, transfer) with Square's images' CE-PGD-20. `table`: a
+    white-box table with Table I's columns whose models to report (transfer: Table I's only, from Table III)."""
     x, y = run.test_images()
     t1_specs = TABLE1.specs(run.profile)
     specs = t1_specs + [c.spec(run.profile) for c in MASKING_COLUMNS]
-    transfer = _best_transfer(run)
+    transfer = _best_transfer(run) if table is TABLE1 else {}
     records, extras = [], []
-    for exp in TABLE1.models(run):
+    for exp in table.models(run):
         if not run.finished(exp):
             continue
         model = run.model(exp)
@@ -111,14 +112,15 @@ def flags(summary: pd.DataFrame, extras: pd.DataFrame) -> dict:
     return out
 
 
-def masking_report(run) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The masking report of every trained Table I model: writes masking_report.csv (a row per model: each
-    accuracy, the extras, the flag and its reasons), masking_report_intervals.csv (each cell's mean and
-    95% interval), masking_report.md and fig_masking_report.png; returns (the wide table, its cells)."""
-    cells, extras = report_cells(run)
+def masking_report(run, table: Table = TABLE1) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The masking report of every trained model of `table` (Table I's by default): writes
+    masking_report.csv (a row per model: each accuracy, the extras, the flag and its reasons),
+    masking_report_intervals.csv (each cell's mean and 95% interval), masking_report.md and
+    fig_masking_report.png (another table's: masking_report_<name>.*); returns (the wide table, its cells)."""
+    cells, extras = report_cells(run, table)
     if cells.empty:
-        raise RuntimeError("no Table I model is trained: run notebook 02 (or `python -m reproduce grid --table "
-                           "table1`) first")
+        raise RuntimeError(f"no {table.name} model is trained: run notebook {table.trained_in} (or `python -m "
+                           f"reproduce grid --table {table.name}`) first")
     summary = summarise(cells)
     reasons = flags(summary, extras)
     wide = summary.pivot(index="row", columns="column", values="mean").reindex(
@@ -130,21 +132,22 @@ def masking_report(run) -> tuple[pd.DataFrame, pd.DataFrame]:
     wide.index.name = "model"
     out = run.out_dir
     out.mkdir(parents=True, exist_ok=True)
-    wide.to_csv(out / "masking_report.csv", float_format="%.2f")
-    summary.rename(columns={"row": "model"}).to_csv(out / "masking_report_intervals.csv", index=False,
-                                                     float_format="%.2f")
-    (out / "masking_report.md").write_text(markdown(wide, summary, run))
-    figures.masking_report(summary[summary["column"].isin(REPORT_COLUMNS)], TITLES, out / "fig_masking_report.png",
+    stem = "masking_report" if table is TABLE1 else f"masking_report_{table.name}"
+    wide.to_csv(out / f"{stem}.csv", float_format="%.2f")
+    summary.rename(columns={"row": "model"}).to_csv(out / f"{stem}_intervals.csv", index=False, float_format="%.2f")
+    (out / f"{stem}.md").write_text(markdown(wide, summary, run, table))
+    figures.masking_report(summary[summary["column"].isin(REPORT_COLUMNS)], TITLES, out / f"fig_{stem}.png",
                            profile=run.profile, flagged=[m for m in wide.index if reasons[m]])
     return wide, cells
 
 
-def markdown(wide: pd.DataFrame, summary: pd.DataFrame, run) -> str:
+def markdown(wide: pd.DataFrame, summary: pd.DataFrame, run, table: Table = TABLE1) -> str:
     """The report as Markdown: accuracy ± half its interval per attack, then the extras and the flag."""
     s = summary.set_index(["row", "column"])
     prof = run.profile
     cols = ["clean"] + list(REPORT_COLUMNS)
-    lines = ["### Gradient-masking report: Table I's models under attacks built for their heads", "",
+    whose = "Table I's models" if table is TABLE1 else f"the models of {table.title.split(':')[0]}"
+    lines = [f"### Gradient-masking report: {whose} under attacks built for their heads", "",
              "| model | " + " | ".join(TITLES[c] for c in cols) + " | zero CE gradient | zero DLR gradient | "
              "PGD-7 at 128/255 | best transfer / white-box 20PGD | flag |", "|" + "---|" * (len(cols) + 6)]
     for model, row in wide.iterrows():
@@ -220,12 +223,13 @@ def _scaled(spec, t: float):
     return replace(spec, logit_scale=t, label=f"pgd20_T{t:g}")
 
 
-def worst_case_table1(report: pd.DataFrame, table1_cells: pd.DataFrame) -> pd.DataFrame:
-    """Table I's cells with every attack column replaced by the per-example worst case of its model and
-    seed (clean kept): the cells on which claims.table1 restates each claim under the strongest attack."""
+def worst_case_cells(report: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
+    """A white-box table's cells (Table I's, or another with its columns) with every attack column replaced
+    by the per-example worst case of its model and seed (clean kept): the cells on which claims.table1 (or
+    claims.beyond) restates each claim under the strongest attack."""
     w = report[report["column"] == WORST]
     worst = {(r, s): a for r, s, a in zip(w["row"], w["seed"], w["accuracy"])}
-    out = table1_cells.copy()
+    out = cells.copy()
     attack = out["column"] != "clean"
     out.loc[attack, "accuracy"] = [worst.get((r, s), float("nan")) for r, s in zip(out.loc[attack, "row"],
                                                                                     out.loc[attack, "seed"])]

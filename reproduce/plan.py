@@ -26,38 +26,50 @@ def _training_passes(run, exp) -> float:
     return min(n_train, exp.train_limit or n_train) * exp.epochs * DEFENSES[exp.defense].passes_per_image
 
 
-def _evaluation_rows(run, table: Table, n_test: int) -> list[dict]:
+def _evaluation_rows(run, table: Table, n_test: int, evaluated: set) -> list[dict]:
     """What evaluating one table costs: its attacks on each model (white-box; clean is always measured,
     and Table I's eps curve is its PGD-7 at each eps), or its attack crafted in full on each surrogate,
-    every restart (transfer tables, as Table III scores them)."""
-    specs = [c.spec(run.profile) for c in table.attacks]
+    every restart (transfer tables, as Table III scores them). A column an earlier table computed on the
+    same model (`evaluated`: (model key, column key) pairs, added to here) costs nothing again: it is cached."""
     if table.surrogates is not None:
+        specs = [c.spec(run.profile) for c in table.attacks]
         surrogates = table.surrogates(run)
         crafting = sum(s.steps * s.restarts for s in specs)
         return [{"what": f"{table.name}: craft {table.attack.key} on {len(surrogates)} surrogates",
                  "group": table.name, "notebook": table.notebook, "passes": len(surrogates) * n_test * crafting}]
-    per_model = sum(passes(s) for s in specs) + (0 if CLEAN in table.attacks else 1)
-    per_model += 7 * len(EPS_SWEEP) if table.checks else 0
-    models = table.models(run)
+    columns = {c.key: passes(c.spec(run.profile)) for c in (CLEAN, *table.attacks)}
+    if table.checks:
+        columns["eps_curve"] = 7 * len(EPS_SWEEP)
+    cost = {}
+    for e in table.models(run):
+        new = [k for k in columns if (e.key, k) not in evaluated]
+        evaluated.update((e.key, k) for k in new)
+        if new:
+            cost[e] = sum(columns[k] for k in new)
     if table.checks:  # a row per model: the evaluation the table's notebook waits on longest
         return [{"what": f"evaluate {e.label} ({table.name} + eps curve)", "group": table.name,
-                 "notebook": table.notebook, "passes": n_test * per_model} for e in models]
-    return [{"what": f"{table.name}: evaluate {len(models)} models", "group": table.name,
-             "notebook": table.notebook, "passes": len(models) * n_test * per_model}]
+                 "notebook": table.notebook, "passes": n_test * c} for e, c in cost.items()]
+    return [{"what": f"{table.name}: evaluate {len(cost)} models", "group": table.name,
+             "notebook": table.notebook, "passes": n_test * sum(cost.values())}]
 
 
 def _masking_rows(run, n_test: int) -> list[dict]:
     """The masking report's attacks on every Table I model (Square on its first images), the zero-gradient
     pass, the geometry's FGSM and PGD-20, and the logit-scale sweep (CE-PGD-20 at each T but 1, whose
-    column is Table I's) on the SM and AAML models."""
+    column is Table I's) on the SM and AAML models; then the report on the models of the table beyond the
+    paper that Table I does not have (with their eps curve, which the report reads)."""
     prof, models = run.profile, protocol.TABLE1.models(run)
     per_model = 1 + 1 + 20  # zero gradient; the geometry's FGSM and PGD-20
     for column in protocol.MASKING_COLUMNS:
         spec = column.spec(prof)
         per_model += passes(spec) * (min(n_test, spec.images) / n_test if spec.images else 1)
     swept = [e for e in models if e.loss in protocol.SCALE_SWEEP_MODELS]
+    shared = {e.key for e in models}
+    beyond = [e for e in protocol.BEYOND.models(run) if e.key not in shared]
     return [{"what": f"masking report and geometry, {len(models)} models", "group": "masking", "notebook": "03",
              "passes": len(models) * n_test * per_model},
+            {"what": f"beyond: masking report, {len(beyond)} models", "group": "beyond", "notebook": "07",
+             "passes": len(beyond) * n_test * (per_model - 20 + 7 * len(EPS_SWEEP))},
             {"what": f"logit-scale sweep, {len(swept)} models", "group": "masking", "notebook": "03",
              "passes": len(swept) * n_test * 20 * (len(protocol.LOGIT_SCALES) - 1)}]
 
@@ -126,8 +138,9 @@ def plan(run, rates: dict | None = None, fill: dict | None = None) -> tuple[list
                 epochs = f" {e.epochs} epochs" if e.epochs != prof.epochs else ""
                 rows.append({"what": f"train {e.label} {e.changed_params or ''}".strip() + epochs, "group": table.name,
                              "notebook": table.trained_in, "passes": _training_passes(run, e), "kind": "train"})
+    evaluated = set()
     for table in TABLES.values():
-        rows += _evaluation_rows(run, table, n_test)
+        rows += _evaluation_rows(run, table, n_test, evaluated)
     rows += _masking_rows(run, n_test)
     rows.append({"what": "robustness against PGD iterations, 4 models", "group": "curves", "notebook": "03",
                  "passes": prof.seeds * 4 * n_test * sum(ITERATION_SWEEP)})

@@ -20,12 +20,15 @@ from .devices import environment
 from .report import git_commit, now, update_manifest
 
 NOTEBOOKS = ("01_losses.ipynb", "02_training.ipynb", "03_white_box.ipynb", "04_black_box.ipynb",
-             "05_hyperparameter_sweeps.ipynb", "06_appendix_ablations.ipynb")
+             "05_hyperparameter_sweeps.ipynb", "06_appendix_ablations.ipynb", "07_beyond_the_paper.ipynb")
 # What a notebook reads that an earlier one writes: 03 evaluates 02's models and 04 reads 02's surrogates
-# and 03's Table I. Other notebooks share models only through the store (05 uses 02's AAML-AT, 06 one of
-# 01's planes), whose claim locks let one process train a model while another waits for it.
+# and 03's Table I; 07 shares four of 02's models and their columns and masking attacks, which 03 computes
+# (after both, they come from the store's caches). Other notebooks share models only through the store
+# (05 uses 02's AAML-AT, 06 one of 01's planes), whose claim locks let one process train a model while
+# another waits for it.
 NEEDS = {"03_white_box.ipynb": ("02_training.ipynb",),
-         "04_black_box.ipynb": ("02_training.ipynb", "03_white_box.ipynb")}
+         "04_black_box.ipynb": ("02_training.ipynb", "03_white_box.ipynb"),
+         "07_beyond_the_paper.ipynb": ("02_training.ipynb", "03_white_box.ipynb")}
 
 
 class NotebookLog:

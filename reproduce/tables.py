@@ -73,10 +73,12 @@ def white_box_column(cells: pd.DataFrame, column: str) -> dict:
 
 
 def comparison_markdown(summary: pd.DataFrame, paper: pd.DataFrame, dataset: str, title: str,
-                        notes: list[str] = (), index_name: str = "", titles: dict | None = None) -> str:
+                        notes: list[str] = (), index_name: str = "", titles: dict | None = None,
+                        in_paper: bool = True) -> str:
     """One Markdown table: each cell 'ours ±half-width / paper'. On CIFAR-10 the difference follows, and
     is marked when the paper's number lies inside our 95% interval; on another dataset a difference
-    would compare two datasets, so it is left out. A column the paper does not have shows '-' for it."""
+    would compare two datasets, so it is left out. A column the paper does not have shows '-' for it;
+    a table the paper does not have (`in_paper` False) shows ours alone."""
     titles = titles or {}
     same_data = dataset == "cifar10"
     several = bool((summary["seeds"] > 1).any())
@@ -85,6 +87,8 @@ def comparison_markdown(summary: pd.DataFrame, paper: pd.DataFrame, dataset: str
     header = (f"Each cell: ours on {dataset} ± half {interval}{spread} / the paper's number"
               + (" (ours minus paper; 'in CI' when the paper's number lies inside our interval)." if same_data
                  else " on CIFAR-10 (another dataset: no difference is shown)."))
+    if not in_paper:
+        header = f"Each cell: ours on {dataset} ± half {interval}{spread} (the paper has no such table)."
     rows = list(pd.unique(summary["row"]))
     cols = list(pd.unique(summary["column"]))
     lines = [f"### {title}", "", header, "",
@@ -101,7 +105,7 @@ def comparison_markdown(summary: pd.DataFrame, paper: pd.DataFrame, dataset: str
                 ours += f" ±{(s['ci_high'] - s['ci_low']) / 2:.2f}"
                 if s["seeds"] > 1:
                     ours += f" sd {s['sd']:.2f}"
-            text = f"{ours} / {_fmt(p)}"
+            text = f"{ours} / {_fmt(p)}" if in_paper else ours
             if same_data and not pd.isna(s["mean"]) and p is not None and not pd.isna(p):
                 inside = s["ci_low"] <= p <= s["ci_high"]
                 text += f" ({s['mean'] - p:+.2f}{', in CI' if inside else ''})"
@@ -149,7 +153,7 @@ def write_table(cells: pd.DataFrame, table: Table | str, out_dir: Path, dataset:
     summary.rename(columns={"row": index_name}).to_csv(out_dir / f"{stem}_intervals.csv", index=False,
                                                        float_format="%.2f")
     md = comparison_markdown(summary, paper, dataset, table.title, notes, index_name,
-                             {k: table.title_of(k, profile) for k in table.keys})
+                             {k: table.title_of(k, profile) for k in table.keys}, in_paper=table.paper_file is not None)
     (out_dir / f"{stem}.md").write_text(md)
     return md
 
@@ -266,7 +270,7 @@ def notes(run, table: Table, flags, scoring: str = "final") -> list[str]:
     if table.name == "table4" and prof.sweep_epochs and prof.sweep_epochs != prof.epochs:
         out.append(f"Every cell is a model trained for {prof.sweep_epochs} epochs (Table I's: {prof.epochs}; the "
                    f"profile's sweep_epochs), so (0.2, 2) is not Table I's AAML-AT.")
-    if table.checks and run.profile.name == "smoke":
+    if (table.checks or table.name == "beyond") and run.profile.name == "smoke":
         out.append("SMOKE PROFILE: thin network, a slice of the data, few epochs. These numbers test the pipeline; "
                    "they do not reproduce the paper.")
     return out

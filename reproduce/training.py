@@ -73,8 +73,14 @@ def _keep_score(experiment, record: dict) -> float:
 def _make_scheduler(optimizer, experiment, steps_per_epoch: int):
     if experiment.schedule == "onecycle":
         total = max(experiment.epochs * steps_per_epoch, 4)  # tiny runs: at least one step up and down
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=experiment.lr, total_steps=total,
-                                                   pct_start=max(0.25, 2 / total))
+        # each parameter group peaks at its own learning rate, and a group without momentum (PCL's
+        # centres, as in its reference) keeps none instead of cycling OneCycle's 0.85-0.95
+        groups = optimizer.param_groups
+        plain = [i > 0 and g.get("momentum") == 0.0 for i, g in enumerate(groups)]
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in groups], total_steps=total,
+                                                   pct_start=max(0.25, 2 / total),
+                                                   base_momentum=[0.0 if p else 0.85 for p in plain],
+                                                   max_momentum=[0.0 if p else 0.95 for p in plain])
     if experiment.schedule == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.1,
                                                           patience=experiment.plateau_patience)
@@ -83,10 +89,17 @@ def _make_scheduler(optimizer, experiment, steps_per_epoch: int):
 
 def make_optimizer(model, experiment):
     """SGD with momentum and weight decay (the paper's), or Adam (no weight decay), which the ABCL
-    losses need: its steps do not grow with the scale of the loss."""
+    losses need: its steps do not grow with the scale of the loss. A loss may train some of its own
+    parameters with settings of their own (`optimizer_groups`: PCL's centres, as its reference does);
+    the first group holds every other parameter and carries the experiment's settings."""
+    own = getattr(model.criterion, "optimizer_groups", lambda: [])()
     if experiment.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=experiment.lr)
-    return torch.optim.SGD(model.parameters(), lr=experiment.lr, momentum=experiment.momentum,
+        own = [{k: v for k, v in g.items() if k in ("params", "lr")} for g in own]
+    taken = {id(p) for g in own for p in g["params"]}
+    groups = [{"params": [p for p in model.parameters() if id(p) not in taken]}, *own]
+    if experiment.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=experiment.lr)
+    return torch.optim.SGD(groups, lr=experiment.lr, momentum=experiment.momentum,
                            weight_decay=experiment.weight_decay)
 
 
@@ -252,6 +265,7 @@ def _train_epoch(experiment, t: _Training, epoch: int, device, progress: bool) -
     torch.manual_seed(_epoch_seed(experiment.seed, epoch))
     t.loader.set_epoch(epoch)
     t.model.train()
+    t.model.criterion.set_epoch(epoch, experiment.epochs)  # a loss whose objective changes with training (PCL)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device)
     seen = 0

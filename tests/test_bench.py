@@ -9,11 +9,18 @@ from reproduce.plan import plan
 def test_plan_lists_every_experiment_and_converts_passes_with_a_measured_rate():
     rows, total = plan(Run("quick", "cifar10"), {"um_epoch_img_s": 10_000.0, "model_width": 64})
     trained = [r for r in rows if r["what"].startswith("train")]
-    assert len(trained) == 15 + 5 + 20  # Table IV at its own epochs: its (0.2, 2) is not Table I's AAML-AT
+    # Table IV at its own epochs (its (0.2, 2) is not Table I's AAML-AT); beyond the paper, 16 models of which
+    # Table I has four
+    assert len(trained) == 15 + 5 + 20 + 12
     sm_um = next(r for r in trained if r["what"] == "train SM-UM")
     assert sm_um["passes"] == 45_000 * 30  # the whole split, 30 epochs, one pass per image
     sm_at = next(r for r in trained if r["what"] == "train SM-AT")
     assert sm_at["passes"] == 8 * sm_um["passes"]  # PGD-7 crafting + the update
+    trades = next(r for r in trained if r["what"] == "train SM-TRADES")
+    assert trades["passes"] == 10 * sm_um["passes"] and trades["notebook"] == "07"  # + the clean pass, the KL
+    # a column computed for Table I is not priced again for the table beyond the paper
+    beyond = next(r for r in rows if r["what"].startswith("beyond: evaluate"))
+    assert beyond["what"] == "beyond: evaluate 12 models"
     assert total == pytest.approx(sum(r["passes"] for r in rows) / 10_000.0)
     doubled = plan(Run("quick", "cifar10"), {"um_epoch_img_s": 20_000.0, "model_width": 64})[1]
     assert doubled == pytest.approx(total / 2)

@@ -111,3 +111,27 @@ def test_clear_with_several_seeds_counts_their_spread_and_one_seed_says_test_sam
     assert "over 2 seeds: training spread and test sampling" in claims.markdown([claim])
     one = claims.table1(paper_cells("table1"))
     assert "test sampling only" in claims.markdown(one)
+
+
+def test_the_claims_beyond_the_paper_follow_their_cells():
+    """The table beyond the paper: AAML against SM under TRADES and MART; MMC's and PCL's undefended PGD-20
+    against AutoAttack (a clear drop is 'does not hold', a tie within the intervals 'undecided')."""
+    values = {("SM-TRADES", "pgd20"): 40, ("SM-TRADES", "aa"): 35, ("AAML-TRADES", "pgd20"): 50,
+              ("AAML-TRADES", "aa"): 45, ("SM-MART", "pgd20"): 45, ("SM-MART", "aa"): 40,
+              ("AAML-MART", "pgd20"): 30, ("AAML-MART", "aa"): 25, ("SM-UM", "pgd20"): 0, ("SM-UM", "aa"): 0,
+              ("MMC-UM", "pgd20"): 60, ("MMC-UM", "aa"): 1, ("PCL-UM", "pgd20"): 20, ("PCL-UM", "aa"): 19,
+              ("SM-AT", "aa"): 30, ("AAML-AT", "aa"): 30}
+    cells = pd.DataFrame([{"row": r, "column": c, "seed": 0, "accuracy": v, "n": 1000} for (r, c), v in values.items()])
+    found = by_text(claims.beyond(cells))
+    trades = found["Under TRADES, AAML is more robust than SM (PGD-20 and AutoAttack)"]
+    assert trades.verdict == "holds clearly" and "pgd20 50.0 (AAML) / 40.0 (SM)" in trades.evidence
+    mart = found["Under MART, AAML is more robust than SM (PGD-20 and AutoAttack)"]
+    assert mart.verdict == "does not hold" and mart.against == 2
+    real = found["Without a defence, MMC's and PCL's PGD-20 accuracy survives AutoAttack (their robustness is real)"]
+    # MMC: 60% -> 1% clearly against; PCL: 20% -> 19%, a tie within the intervals
+    assert (real.holds, real.against, real.total) == (1, 1, 2) and real.verdict == "holds in 1 of 2"
+    assert "MMC-UM PGD-20 60.0%, AA 1.0%" in real.evidence
+    better = found["Without a defence, MMC and PCL resist AutoAttack better than softmax"]
+    assert (better.holds, better.clear) == (2, 2)
+    assert found["TRADES is more robust than PGD-AT under AutoAttack, loss by loss"].total == 2
+    assert not claims.beyond(cells.iloc[:0].reindex(columns=cells.columns))[0].total  # nothing measured

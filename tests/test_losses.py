@@ -30,7 +30,7 @@ def _ce(logits, y):
 
 
 def test_registry_has_every_loss_of_the_protocol():
-    assert set(LOSSES) == {"SM", "ConL", "TL", "CenL", "AAML", "CosFace", "HT-SCE", "HT-SCE+AB"}
+    assert set(LOSSES) == {"SM", "ConL", "TL", "CenL", "AAML", "CosFace", "HT-SCE", "HT-SCE+AB", "MMC", "PCL"}
     for name in LOSSES:
         loss, logits = make_loss(name, D, C)(torch.randn(N, D), torch.arange(N) % C)
         assert loss.ndim == 0 and torch.isfinite(loss) and logits.shape == (N, C)

@@ -13,12 +13,13 @@ from reproduce.runner import NOTEBOOKS, notebooks_at_once, run_notebooks
 TINY = dict(width=4, epochs=1, sweep_epochs=1, grid_epochs=1, test_limit=40, val_limit=None, restarts=2, mim_steps=5,
             tsne_points=40, apgd_steps=5, square_queries=30, square_images=20)
 
-EXPECTED = ["table1_white_box", "table2_black_box_fgsm", "table3_black_box_20pgd", "table4_aaml_sweep"]
+EXPECTED = ["table1_white_box", "table2_black_box_fgsm", "table3_black_box_20pgd", "table4_aaml_sweep",
+            "beyond_white_box"]
 FIGURES = ["fig1_tsne_sm_vs_aaml.png", "fig2_tsne_airplane_fgsm.png", "fig_table4_heatmap.png",
            "fig_training_curves.png", "fig_losses_2d_embeddings.png", "fig_curve_eps.png", "fig_curve_iterations.png",
            "appendix_a_feature_norm.png",
            "appendix_b_k1k2_grid.png", "appendix_c_scale_sweep.png", "appendix_d_tsne_mnist.png",
-           "fig_masking_report.png", "fig_logit_scale.png", "fig_geometry.png"]
+           "fig_masking_report.png", "fig_logit_scale.png", "fig_geometry.png", "fig_masking_report_beyond.png"]
 
 
 @pytest.mark.slow
@@ -48,16 +49,16 @@ def test_every_notebook_runs_and_writes_every_output(tmp_path, capfd, monkeypatc
         assert "  [03] SM-UM fgsm:" in printed and "by a worker" not in printed
     assert "  [05] AAML-AT epoch 1:" in printed
     assert "  [03] SM-UM pgd20_cw:" in printed  # the masking report's columns, computed in the kernel
-    assert "  [06] " in printed and "  [01] " in printed
+    assert "  [06] " in printed and "  [01] " in printed and "  [07] " in printed
     for name in ("table1", "tables2_3", "table4"):
         assert "**Do the paper's claims hold on this run?**" in (out / f"claims_{name}.md").read_text()
     shapes = {"table1_white_box": (15, 8), "table2_black_box_fgsm": (15, 5), "table3_black_box_20pgd": (15, 5),
-              "table4_aaml_sweep": (5, 4)}
+              "table4_aaml_sweep": (5, 4), "beyond_white_box": (16, 8)}
     for stem in EXPECTED:
         df = pd.read_csv(out / f"{stem}.csv", index_col=0)
         assert df.shape == shapes[stem], stem
         md = (out / f"{stem}.md").read_text()
-        assert " / " in md and "paper" in md and " ±" in md
+        assert (" / " in md or stem == "beyond_white_box") and "paper" in md and " ±" in md
         intervals = pd.read_csv(out / f"{stem}_intervals.csv")
         finite = intervals.dropna(subset=["mean"])
         assert len(intervals) == shapes[stem][0] * shapes[stem][1] and len(finite) > 0, stem
@@ -77,6 +78,16 @@ def test_every_notebook_runs_and_writes_every_output(tmp_path, capfd, monkeypatc
     assert set(sweep["model"]) == {f"{loss}-{d}" for loss in ("SM", "AAML") for d in ("UM", "AT", "ALP")}
     assert len(pd.read_csv(out / "geometry.csv")) == 15 * 3
     assert "the worst case |" in (out / "claims_table1_worst_case.md").read_text()
+    # notebook 07: the table beyond the paper, its masking report (Table I's four models among its rows, the
+    # same numbers) and its claims, under the CE attacks and the worst case
+    beyond = pd.read_csv(out / "beyond_white_box.csv", index_col=0)
+    assert list(beyond.index[:4]) == ["SM-UM", "SM-AT", "SM-TRADES", "SM-MART"] and "PCL-MART" in beyond.index
+    assert (beyond.loc[["SM-UM", "AAML-AT"]] - t1.loc[["SM-UM", "AAML-AT"]]).abs().max().max() < 1e-6
+    beyond_report = pd.read_csv(out / "masking_report_beyond.csv", index_col=0)
+    assert (beyond_report.loc["SM-AT", "worst"] - report.loc["SM-AT", "worst"]) ** 2 < 1e-12
+    assert "MMC-UM" in beyond_report.index and beyond_report["flagged"].dtype == bool
+    assert "AAML is more robust than SM" in (out / "claims_beyond.md").read_text()
+    assert "the worst case |" in (out / "claims_beyond_worst_case.md").read_text()
     a = pd.read_csv(out / "appendix_a_feature_norm.csv")
     assert {"mean_norm_correct", "mean_norm_misclassified"} <= set(a.columns) and len(a) == 4
     b = pd.read_csv(out / "appendix_b_k1k2_grid.csv")
@@ -93,7 +104,8 @@ def test_every_notebook_runs_and_writes_every_output(tmp_path, capfd, monkeypatc
     md = (out / "table1_white_box.md").read_text()
     assert "Budgets changed from the smoke profile: width=4, epochs=1" in md and "20PGD (20; 2 restarts)" in md
     assert manifest["objectives"] == "authors"
-    assert len(manifest["experiments"]) == 39 and "table1" in manifest["sanity_flags"]  # 20 + 20 - 1 shared
+    # 20 (02) + 20 (05) - 1 shared, + 16 (07) - 4 shared with Table I
+    assert len(manifest["experiments"]) == 51 and "table1" in manifest["sanity_flags"]
     # near-chance tiny models can score higher under FGSM than clean: the check must flag exactly those rows
     above = t1.drop(columns="clean").gt(t1["clean"], axis=0).any(axis=1)
     flagged = {label for label, flags in manifest["sanity_flags"]["table1"].items()
