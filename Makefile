@@ -9,7 +9,7 @@ LAB := .venv-lab
 PROFILE ?=
 DATASET ?= cifar10
 
-.PHONY: install reproduce results test check-install bench lab gpu-bundle clean-venv
+.PHONY: install reproduce results test test-slurm check-install bench lab gpu-bundle clean-venv
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ results:
 test: $(VENV)/.installed
 	$(PY) -m ruff check reproduce tests
 	$(PY) -m pytest -q -n auto --dist loadfile tests  # a worker per core, a file per worker (tests/conftest.py)
+
+# The grid on a single-node Slurm cluster of this machine (scripts/slurm-local.sh; Debian's slurmctld, slurmd,
+# slurm-client and munge, as root): job arrays, a cancelled and a requeued task, two commands at once.
+test-slurm: $(VENV)/.installed
+	$(PY) -m pytest -q -m slurm tests/test_slurm.py
 
 # The core package alone (`pip install .`) in a new, empty environment (pip check, then an attack), and the
 # notebooks install resolved against Colab's packages (tests/install). CI runs it after the suite, two tests

@@ -164,14 +164,21 @@ def cmd_grid(args) -> int:
     run = _run(args)
     exps = _chosen(TABLES[args.table].experiments(run), args.only, args.table)
     slurm = {k: v for k, v in dict(slurm_partition=args.slurm_partition, timeout_min=args.slurm_time,
-                                   gpus_per_node=args.slurm_gpus).items() if v is not None}
+                                   gpus_per_node=args.slurm_gpus, cpus_per_task=args.slurm_cpus).items()
+             if v is not None}
     gpus = []
     for g in (args.gpus.split(",") if args.gpus else []):
         if not g.strip().isdigit():
             raise ValueError(f"--gpus {args.gpus}: give GPU indices separated by commas, e.g. --gpus 0,1,2,3")
         gpus.append(int(g))
+    if args.no_wait and args.executor != "slurm":
+        raise ValueError("--no-wait is for --executor slurm: local workers end with this command")
     runs = run_grid(run, exps, executor=args.executor, workers=args.workers, gpus=gpus,
-                    workers_per_gpu=args.workers_per_gpu, slurm=slurm)
+                    workers_per_gpu=args.workers_per_gpu, slurm=slurm, wait=not args.no_wait)
+    if not isinstance(runs, dict):  # --no-wait: the jobs, submitted
+        print("submitted; the same command without --no-wait finishes the grid (what the tasks have trained is "
+              "kept, a run a task holds is waited for)")
+        return 0
     for exp, trained in runs.items():
         acc = trained.result["kept_val_acc"]
         shown = f"{acc:.2f}" if acc is not None else "-"
@@ -507,6 +514,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                            "cluster's)")
     p.add_argument("--slurm-time", type=int, default=None, help="minutes per array task")
     p.add_argument("--slurm-gpus", type=int, default=None, help="GPUs per array task")
+    p.add_argument("--slurm-cpus", type=int, default=None, help="CPUs per array task; each task computes at that "
+                                                               "many threads (default: the cluster's, torch's threads)")
+    p.add_argument("--no-wait", action="store_true", help="slurm: submit the array and return (the command run "
+                                                          "again waits for it and finishes the grid)")
     _budget_option(p)
     p.set_defaults(func=cmd_grid)
 

@@ -104,25 +104,77 @@ def finish_grid(run, experiments, jobs, pending=None) -> dict:
 
 def _wait(jobs, pending=(), is_done=None, what: str = "trained", poll_s: float = 2.0) -> None:
     """Wait for every job, saying each of `pending` (what was not done when the jobs were submitted: a
-    worker may finish one before the first look) as `is_done(experiment)` turns true (the workers' own
-    logs are in the submitit folder, not on this terminal); a worker that ended without its result is
-    reported, not raised: its claims were released with it, and the caller does what it left."""
+    worker may finish one before the first look) as `is_done(experiment)` turns true, and, for a Slurm
+    array, each change in how many of its tasks are pending, running or ended (the workers' own logs are
+    in the submitit folder, not on this terminal). A worker that was killed, cancelled or timed out is
+    reported, not raised: its claims were released with it, and the caller does what it left (resuming
+    its runs from their checkpoints). A worker that raised is an error: its job id and the last lines of
+    its log, once every job has ended."""
+    from submitit.core.utils import FailedJobError
+
     pending = list(pending) if is_done else []
     total = len(pending)
-    while pending:
-        ended = all(job.done() for job in jobs)
+    shown = ""
+    while True:
+        line, queued = slurm_task_states(jobs)
+        # a Slurm task that left the queue has ended, with or without a result (submitit alone would wait
+        # for a cancelled task forever where the cluster keeps no accounting)
+        ended = all(job.done() if queued is None else str(job.job_id) not in queued for job in jobs)
         for exp in [e for e in pending if is_done(e)]:
             pending.remove(exp)
             print(f"{exp.label} seed {exp.seed}: {what} by a worker ({total - len(pending)}/{total})", flush=True)
+        if line and line != shown:
+            shown = line
+            print(line, flush=True)
         if ended:
             break
         time.sleep(poll_s)
+    failed = []
     for job in jobs:
+        if not job.paths.result_pickle.exists():  # killed, cancelled, timed out: no result at all
+            print(f"warning: worker {job.job_id} ended without finishing; this process does what it left. "
+                  f"Its log: {job.paths.stderr}")
+            continue
         try:
             job.result()
-        except Exception as e:  # submitit raises its own errors for a dead or failed job
-            print(f"warning: worker {job.job_id} ended without finishing ({type(e).__name__}); this process "
-                  f"does what it left. Its log: {job.paths.stderr}")
+        except FailedJobError:
+            failed.append(f"worker {job.job_id} failed; the last lines of {job.paths.stderr}:\n"
+                          + _tail(job.paths.stderr))
+    if failed:
+        raise RuntimeError("\n".join(failed))
+
+
+def _tail(path, lines: int = 12) -> str:
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def slurm_task_states(jobs) -> tuple[str, set | None]:
+    """(a line on a Slurm array's tasks: how many are pending and running, and how many have left the queue,
+    ended; the ids of the tasks still queued), read from squeue, which every cluster has (submitit's own
+    states need accounting, sacct, which a small cluster may lack); ("", None) for local workers."""
+    import subprocess
+
+    arrays = sorted({str(job.job_id).split("_")[0] for job in jobs if type(job).__name__ == "SlurmJob"})
+    if not arrays:
+        return "", None
+    try:
+        done = subprocess.run(["squeue", "-h", "-r", "-j", ",".join(arrays), "-o", "%i %T"], capture_output=True,
+                              text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        done = None
+    if done is not None and done.returncode != 0 and "Invalid job id" in done.stderr:
+        done.stdout = ""  # the controller has forgotten the array: every task ended long ago
+    elif done is None or done.returncode != 0:  # squeue unreachable this time: submitit's own view
+        return "", None
+    queued = dict(line.split() for line in done.stdout.splitlines() if len(line.split()) == 2)
+    counts = {state: sum(1 for s in queued.values() if s == state) for state in ("PENDING", "RUNNING")}
+    other = len(queued) - sum(counts.values())
+    ended = sum(str(job.job_id) not in queued for job in jobs)
+    return (f"Slurm array {', '.join(arrays)}: {counts['PENDING']} pending, {counts['RUNNING']} running"
+            + (f", {other} requeued or completing" if other else "") + f", {ended} ended"), set(queued)
 
 
 def evaluate_grid(run, experiments, *, executor: str = "local", workers: int = 1, gpus=(), workers_per_gpu: int = 1,
@@ -149,6 +201,7 @@ def _submit(worker, run, experiments, executor, workers, gpus, workers_per_gpu, 
     """`workers` jobs of `worker(run on the worker's device, experiments, offset, workers)`, local or on
     Slurm. The workers get the run with absolute folders and without its loaded data."""
     import submitit
+    from submitit.core.utils import FailedJobError
 
     folder = Path(folder or run.store.root / "submitit")
     offsets = [i * len(experiments) // workers for i in range(workers)]
@@ -164,6 +217,18 @@ def _submit(worker, run, experiments, executor, workers, gpus, workers_per_gpu, 
         threads = torch.get_num_threads()
         return [pool.submit(worker, on(devices[i]), experiments, offsets[i], threads) for i in range(workers)]
     pool = submitit.AutoExecutor(folder=folder, cluster="slurm")
-    pool.update_parameters(slurm_array_parallelism=workers, **(slurm or {}))
+    options = dict(slurm or {})
+    pool.update_parameters(slurm_array_parallelism=workers, **options)
     n = len(offsets)
-    return pool.map_array(worker, [on(run.device)] * n, [experiments] * n, offsets, [None] * n)  # a node each
+    # a task computes at the CPUs it was given (float sums on the CPU depend on the thread count);
+    # without cpus_per_task, at torch's default on its node
+    threads = options.get("cpus_per_task")
+    try:
+        jobs = pool.map_array(worker, [on(run.device)] * n, [experiments] * n, offsets, [threads] * n)
+    except FailedJobError as e:  # sbatch refused the submission (a partition, a time or GPUs it has not)
+        raise RuntimeError(f"Slurm refused the job array ({options or 'no options'}): "
+                           + " ".join(str(e).split())[-300:]) from None
+    array = str(jobs[0].job_id).split("_")[0]
+    print(f"Slurm job array {array}: {n} tasks, at most {workers} at once; their logs: "
+          f"{folder.resolve()}/{array}_<task>_0_log.out and .err", flush=True)
+    return jobs
