@@ -101,7 +101,7 @@ def run_benchmarks(device=None, smoke: bool = False, json_path: str | Path | Non
                    compiled: bool = False) -> dict:
     """Every lever against its baseline; `compiled` adds torch.compile against eager (section 6)."""
     device = resolve_device(device)
-    n = 256 if smoke else (45_000 if device.type == "cuda" else 2_000)
+    n = 128 if smoke else (45_000 if device.type == "cuda" else 2_000)
     batch = 128 if device.type == "cpu" else 512
     repeats = 1 if smoke else 3
     images, labels = random_cifar(n)
@@ -158,7 +158,7 @@ def run_benchmarks(device=None, smoke: bool = False, json_path: str | Path | Non
 
     model.eval()
     spec = AttackSpec("pgd", steps=20, random_start=True)
-    xs, ys = _learnable_batch(device, 128 if smoke else (512 if device.type == "cuda" else 256))
+    xs, ys = _learnable_batch(device, 64 if smoke else (512 if device.type == "cuda" else 256))
     um = _quick_um_model(device, xs, ys)  # a model that classifies its inputs, so attacks have work to do
     ta = torchattacks.PGD(um, eps=spec.eps, alpha=spec.step, steps=20, random_start=True)
     rates = interleaved_rates({"ours": (lambda: attack(um, xs, ys, spec, stop_when_broken=True), len(xs)),
