@@ -65,6 +65,11 @@ class Loss(nn.Module):
         """Told by the training loop at the start of each epoch (0-based) of `epochs`; a loss whose
         objective changes during training (PCL's softmax warm-up) reads it."""
 
+    def optimizer_groups(self) -> list[dict]:
+        """Parameters this loss trains with SGD settings of their own (torch.optim parameter groups: PCL's
+        centres, as its reference steps them); every other parameter takes the experiment's."""
+        return []
+
     def penalty(self, f: torch.Tensor):
         return self.feature_penalty * feature_norm_penalty(f) if self.feature_penalty else 0.0
 

@@ -50,7 +50,7 @@ def _evaluation_rows(run, table: Table, n_test: int, evaluated: set) -> list[dic
         return [{"what": f"evaluate {e.label} ({table.name} + eps curve)", "group": table.name,
                  "notebook": table.notebook, "passes": n_test * c} for e, c in cost.items()]
     return [{"what": f"{table.name}: evaluate {len(cost)} models", "group": table.name,
-             "notebook": table.notebook, "passes": n_test * sum(cost.values())}]
+             "notebook": table.notebook, "passes": n_test * sum(cost.values())}] if cost else []
 
 
 def _masking_rows(run, n_test: int) -> list[dict]:

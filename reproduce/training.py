@@ -92,13 +92,11 @@ def make_optimizer(model, experiment):
     losses need: its steps do not grow with the scale of the loss. A loss may train some of its own
     parameters with settings of their own (`optimizer_groups`: PCL's centres, as its reference does);
     the first group holds every other parameter and carries the experiment's settings."""
-    own = getattr(model.criterion, "optimizer_groups", lambda: [])()
-    if experiment.optimizer == "adam":
-        own = [{k: v for k, v in g.items() if k in ("params", "lr")} for g in own]
+    if experiment.optimizer == "adam":  # a loss's own rates are SGD step sizes: Adam takes one rate for all
+        return torch.optim.Adam(model.parameters(), lr=experiment.lr)
+    own = model.criterion.optimizer_groups()
     taken = {id(p) for g in own for p in g["params"]}
     groups = [{"params": [p for p in model.parameters() if id(p) not in taken]}, *own]
-    if experiment.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=experiment.lr)
     return torch.optim.SGD(groups, lr=experiment.lr, momentum=experiment.momentum,
                            weight_decay=experiment.weight_decay)
 

@@ -74,7 +74,7 @@ def test_grid_shapes():
     assert table1_experiments(colab)[-2].key in {e.key for e in table4_experiments(colab)}
     both = TABLE2.experiments(run)
     assert len(both) == 20 and {e.seed for e in both[15:]} == {1000}
-    assert list(TABLES) == ["table1", "table2", "table3", "table4"]
+    assert list(TABLES) == ["table1", "table2", "table3", "table4", "beyond"]
 
 
 def test_grid_skips_stored_runs_and_retrains_only_a_deleted_one(tmp_path, cifar_root):

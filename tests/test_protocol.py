@@ -72,9 +72,14 @@ def test_a_new_table_is_one_table_in_protocol(tmp_path, cifar_root, monkeypatch,
     assert set(cells["row"]) == {"SM-UM", "ConL-UM"} and cells["accuracy"].notna().all() and flags["SM-UM"] == []
     md = tables.write(run, ours, cells, flags)
     assert md.startswith("### UM models under FGSM and PGD-7") and (run.out_dir / "fgsm_um_intervals.csv").exists()
+    # the plan prices what it adds: its models and its columns are Table I's (trained once, computed once) ...
+    assert [r for r in plan(run)[0] if r["group"] == "fgsm_um"] == []
+    # ... and a column Table I does not have is priced on its two models
+    fgsm4 = protocol.Column("fgsm4", "FGSM 4/255", lambda p: AttackSpec("fgsm", eps=4 / 255, label="fgsm4"))
+    monkeypatch.setitem(protocol.TABLES, "fgsm_um", replace(ours, columns=ours.columns + (fgsm4,)))
     rows = [r for r in plan(run)[0] if r["group"] == "fgsm_um"]
-    assert [r["what"] for r in rows] == ["fgsm_um: evaluate 2 models"]  # its models are Table I's: trained once
-    assert rows[0]["passes"] == 2 * 24 * (1 + 1 + 7)  # clean, FGSM and PGD-7 on each test image
+    assert [r["what"] for r in rows] == ["fgsm_um: evaluate 2 models"]
+    assert rows[0]["passes"] == 2 * 24 * 1  # one FGSM pass per test image, the other columns cached
 
 
 def test_every_table_reads_its_definition():

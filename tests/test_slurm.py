@@ -86,11 +86,19 @@ def _trained_by_workers(folder) -> list:
     return keys
 
 
-def test_a_grid_through_a_job_array_is_bitwise_one_local_process(tmp_path, cifar_root, cluster, capsys):
-    one_run = _run(tmp_path / "one", cifar_root)
-    exps = _grid(one_run)
+def _table1_run(root, cifar_root) -> Run:
+    """Table I's fifteen models at tiny budgets."""
+    prof = get_profile("smoke", width=4, epochs=1, batch_size=64, train_limit=128, adv_train_limit=64,
+                       adv_batch_size=32, val_limit=32, test_limit=20, restarts=1, mim_steps=5, autoattack_steps=5)
+    return Run(prof, "cifar10", store=RunStore(root), device="cpu", data_root=cifar_root, progress=False)
+
+
+def test_table1_s_grid_through_a_job_array_is_bitwise_one_local_process(tmp_path, cifar_root, cluster, capsys):
+    one_run = _table1_run(tmp_path / "one", cifar_root)
+    exps = TABLE1.experiments(one_run)
+    assert len(exps) == 15
     run_grid(one_run, exps)
-    many_run = _run(tmp_path / "many", cifar_root)
+    many_run = _table1_run(tmp_path / "many", cifar_root)
     runs = run_grid(many_run, exps, executor="slurm", workers=2, slurm=SLURM)
     printed = capsys.readouterr().out
     assert "Slurm job array" in printed and "_<task>_0_log.out" in printed and "2 running" in printed
