@@ -134,10 +134,10 @@ def test_a_cancelled_or_requeued_task_resumes_from_its_checkpoint(tmp_path, clus
     """scancel of a task in the middle of its training, then the same command again; or `scontrol requeue`
     (a preempting partition): the run resumes from its last checkpoint, not from zero, and ends bitwise as
     an uninterrupted run. Slurm stops a task with SIGTERM and, KillWait (2 s here) later, SIGKILL; submitit
-    lets SIGTERM pass, so the training must still have longer than that to go (here about 5 s: three more
+    lets SIGTERM pass, so the training must still have longer than that to go (here about 5 s: seven more
     epochs of a few seconds)."""
     cifar_root = write_cifar10(tmp_path / "data", n_train=3000, n_test=100)  # epochs of seconds
-    run = _run(tmp_path / "many", cifar_root, epochs=4, train_limit=3000, width=8)
+    run = _run(tmp_path / "many", cifar_root, epochs=8, train_limit=3000, width=8)
     exps = _grid(run)[:2]
     jobs = run_grid(run, exps, executor="slurm", workers=2, slurm=SLURM, wait=False)
     target, task = exps[0], str(jobs[0].job_id)  # each task starts at its own place in the list: task 0 at exps[0]
@@ -165,8 +165,8 @@ def test_a_cancelled_or_requeued_task_resumes_from_its_checkpoint(tmp_path, clus
 
     resumed = re.findall(rf"resuming {target.label} from epoch (\d+)", logs + printed)
     assert resumed and all(int(k) >= 1 for k in resumed), (logs + printed)[-3000:]  # from a checkpoint, not 0
-    assert [m["epoch"] for m in run.store.metrics(target)] == [1, 2, 3, 4]
-    one = _run(tmp_path / "one", cifar_root, epochs=4, train_limit=3000, width=8)
+    assert [m["epoch"] for m in run.store.metrics(target)] == list(range(1, 9))
+    one = _run(tmp_path / "one", cifar_root, epochs=8, train_limit=3000, width=8)
     run_grid(one, exps)
     _same_runs(one.store, run.store, exps)
 
