@@ -183,17 +183,23 @@ def cached_value(store: RunStore, experiment, images, name: str, compute):
     return found["value"]
 
 
+def curve_point(eps: float, base: AttackSpec | None = None) -> AttackSpec:
+    """The eps curve's attack at `eps`: the base (Table I's PGD-7) with its step grown to at least eps / 4,
+    so that every eps-ball can be crossed; at the base's own eps, the base itself."""
+    base = base or CURVE_BASE
+    return base if eps == base.eps else replace(base, eps=eps, step=max(base.step, eps / 4),
+                                                label=f"{base.column}_eps{eps * 255:g}")
+
+
 def eps_curve(model, images, labels, base: AttackSpec | None = None, eps_values=EPS_SWEEP, *,
               key: str = FOREIGN_KEY) -> dict:
     """PGD accuracy as eps grows ({eps as text: accuracy}); it must fall toward zero, or the gradients
     are masked. The step grows with eps (at least eps / 4), so every eps-ball can be crossed. Each point
     is seeded as a column (`column_seed(key, label)`); the point at the base's own eps is the base's column
     (Table I's PGD-7), so the curve and the table give one number there."""
-    base = base or CURVE_BASE
     out = {}
     for e in eps_values:
-        spec = base if e == base.eps else replace(base, eps=e, step=max(base.step, e / 4),
-                                                  label=f"{base.column}_eps{e * 255:g}")
+        spec = curve_point(e, base)
         torch.manual_seed(column_seed(key, spec.column))
         out[f"{e:.4f}"] = robust_accuracy(model, images, labels, spec)
     return out

@@ -13,6 +13,7 @@ cores and give the numbers of one process, not more speed; on GPUs they give the
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from pathlib import Path
 
@@ -40,12 +41,13 @@ def _worker(run, experiments, offset: int, threads: int | None = None) -> list[s
     return trained
 
 
-def _eval_worker(run, experiments, offset: int, threads: int | None = None) -> int:
-    """Evaluate every Table I column of every finished model that no other worker has claimed; return how
-    many models it visited."""
+def _eval_worker(run, experiments, offset: int, threads: int | None = None, specs=None) -> int:
+    """Evaluate every column of `specs` (Table I's by default) of every finished model that no other worker
+    has claimed; return how many models it visited."""
     from .evaluation import evaluate_columns
     from .protocol import TABLE1
 
+    specs = TABLE1.specs(run.profile) if specs is None else specs
     if threads:
         torch.set_num_threads(threads)
     x, y = run.test_images()
@@ -53,8 +55,7 @@ def _eval_worker(run, experiments, offset: int, threads: int | None = None) -> i
     for exp in experiments[offset:] + experiments[:offset]:
         if not run.finished(exp):
             continue
-        evaluate_columns(exp, run.model(exp), x, y, TABLE1.specs(run.profile), run.store, progress=False,
-                         wait_for_claim=False)
+        evaluate_columns(exp, run.model(exp), x, y, specs, run.store, progress=False, wait_for_claim=False)
         visited += 1
     return visited
 
@@ -178,9 +179,10 @@ def slurm_task_states(jobs) -> tuple[str, set | None]:
 
 
 def evaluate_grid(run, experiments, *, executor: str = "local", workers: int = 1, gpus=(), workers_per_gpu: int = 1,
-                  folder=None, slurm: dict | None = None) -> None:
-    """Fill the per-(model, column) evaluation cache of Table I with many workers; the tables then read
-    it (and compute whatever a dead worker left)."""
+                  folder=None, slurm: dict | None = None, specs=None, what: str = "Table I's columns") -> None:
+    """Fill the per-(model, column) evaluation cache with many workers: Table I's columns, or `specs`
+    (named `what` in the lines that say each model done); the tables then read it (and compute whatever a
+    dead worker left)."""
     if executor == "none":
         return
     if workers < 1:
@@ -189,12 +191,13 @@ def evaluate_grid(run, experiments, *, executor: str = "local", workers: int = 1
     from .protocol import TABLE1
 
     x, _ = run.test_images()
-    specs = TABLE1.specs(run.profile)
+    specs = TABLE1.specs(run.profile) if specs is None else list(specs)
     pending = [e for e in experiments if run.finished(e) and uncached_columns(e, x, specs, run.store)]
     if not pending:
         return  # every column of every trained model is in the store: no worker for nothing to do
-    jobs = _submit(_eval_worker, run, list(experiments), executor, workers, gpus, workers_per_gpu, folder, slurm)
-    _wait(jobs, pending, lambda e: not uncached_columns(e, x, specs, run.store), "Table I's columns computed")
+    worker = functools.partial(_eval_worker, specs=specs)
+    jobs = _submit(worker, run, list(experiments), executor, workers, gpus, workers_per_gpu, folder, slurm)
+    _wait(jobs, pending, lambda e: not uncached_columns(e, x, specs, run.store), f"{what} computed")
 
 
 def _submit(worker, run, experiments, executor, workers, gpus, workers_per_gpu, folder, slurm):

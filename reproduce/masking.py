@@ -23,8 +23,8 @@ import torch
 
 from . import audits, figures
 from .audits import MIN_GAP, ZERO_GRADIENT
-from .evaluation import cached_value, column_scores, evaluate_white_box
-from .protocol import LOGIT_SCALES, MASKING_COLUMNS, PGD20_COLUMN, SCALE_SWEEP_MODELS, TABLE1, TABLE3, Table
+from .evaluation import cached_value, column_scores
+from .protocol import EPS_END, LOGIT_SCALES, MASKING_COLUMNS, PGD20_COLUMN, SCALE_SWEEP_MODELS, TABLE1, TABLE3, Table
 from .stats import wilson_interval
 from .tables import cell, compute, summarise
 
@@ -48,8 +48,7 @@ def report_cells(run, table: Table = TABLE1) -> tuple[pd.DataFrame, pd.DataFrame
     attack (zero-gradient share, eps curve's end, transfer) with Square's images' CE-PGD-20. `table`: a
     white-box table with Table I's columns whose models to report (transfer: Table I's only, from Table III)."""
     x, y = run.test_images()
-    t1_specs = TABLE1.specs(run.profile)
-    specs = t1_specs + [c.spec(run.profile) for c in MASKING_COLUMNS]
+    specs = report_specs(run.profile)
     transfer = _best_transfer(run) if table is TABLE1 else {}
     records, extras = [], []
     for exp in table.models(run):
@@ -66,14 +65,19 @@ def report_cells(run, table: Table = TABLE1) -> tuple[pd.DataFrame, pd.DataFrame
         records.append(cell(exp.label, "pgd20_on_square", exp.seed, _pct(scores["pgd20"]["correct"][:square_n]),
                             square_n))
         counts = {f"{c}_{k}": v for c, pair in discordant(scores).items() for k, v in zip(("breaks", "spares"), pair)}
-        curve = evaluate_white_box(exp, model, x, y, t1_specs, run.store, progress=run.progress)["eps_curve"]
         extras.append({"model": exp.label, "seed": exp.seed, "clean": scores["clean"]["final"],
                        "zero_gradient": cached_value(run.store, exp, x, "zero_gradient",
                                                      lambda m=model: audits.zero_gradient_share(m, x, y)),
                        "zero_dlr_gradient": audits.zero_dlr_gradient_share(scores),
-                       "eps_end": list(curve.values())[-1], "transfer": transfer.get((exp.label, exp.seed)),
+                       "eps_end": scores["eps_end"]["final"], "transfer": transfer.get((exp.label, exp.seed)),
                        "white_20pgd": scores["pgd20x20"]["final"], **counts})
     return pd.DataFrame(records), pd.DataFrame(extras)
+
+
+def report_specs(profile) -> list:
+    """Every attack the report reads on a model: Table I's, the report's own and the eps curve's end
+    (what `executors.evaluate_grid` hands to workers ahead of the report)."""
+    return TABLE1.specs(profile) + [c.spec(profile) for c in (*MASKING_COLUMNS, EPS_END)]
 
 
 def _best_transfer(run) -> dict:

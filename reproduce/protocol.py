@@ -16,6 +16,7 @@ import pandas as pd
 
 from .attacks import EPS, PGD7, STEP, AttackSpec
 from .config import Profile
+from .evaluation import EPS_SWEEP, curve_point
 from .losses import PAPER_LOSSES
 
 
@@ -74,6 +75,9 @@ APGD_T = Column("apgd_t", "APGD-T", lambda p: AttackSpec("apgd-t", eps=EPS, step
 SQUARE = Column("square", "Square", lambda p: AttackSpec("square", eps=EPS, steps=p.square_queries,
                                                          images=p.square_images, label="square"), in_paper=False)
 MASKING_COLUMNS = (PGD20_CW, APGD_DLR, APGD_T, SQUARE)
+# The eps curve's last point (PGD-7 at eps 128/255, seeded as the curve seeds it: the same number), a
+# column of its own so that a table without the curve (the one beyond the paper) pays for one point only.
+EPS_END = Column("eps_end", "PGD-7 at eps 128/255", lambda p: curve_point(EPS_SWEEP[-1]), in_paper=False)
 # The attacker's temperatures of the logit-scale sweep: CE-PGD-20 on logit_scale * logits.
 LOGIT_SCALES = (0.01, 0.1, 1.0, 10.0, 100.0)
 SCALE_SWEEP_MODELS = ("SM", "AAML")  # the losses whose Table I models it attacks: AAML's cosine head, SM beside it

@@ -29,6 +29,7 @@ NOTEBOOKS = ("01_losses.ipynb", "02_training.ipynb", "03_white_box.ipynb", "04_b
 NEEDS = {"03_white_box.ipynb": ("02_training.ipynb",),
          "04_black_box.ipynb": ("02_training.ipynb", "03_white_box.ipynb"),
          "07_beyond_the_paper.ipynb": ("02_training.ipynb", "03_white_box.ipynb")}
+LAST = "07_beyond_the_paper.ipynb"
 
 
 class NotebookLog:
@@ -166,13 +167,14 @@ def run_notebooks(profile: str | None = None, dataset: str | None = None, *, dev
     params = dict(profile=profile, dataset=dataset, device=run.device, runs_dir=str(runs_dir),
                   data_dir=str(data_dir), figures_dir=str(figures_dir), profile_overrides=profile_overrides or {},
                   objectives=objectives)
-    waited_for = {n for needs in NEEDS.values() for n in needs}
+    with_workers = {n for needs in NEEDS.values() for n in needs} | {LAST}
 
     def arguments(name):
         # A notebook others wait for (02, 03) trains or evaluates its grid with `parallel` worker processes
         # (executors.py: bitwise what one process gives), so it also takes the cores the notebook beside it
-        # leaves idle and the ones after it start sooner.
-        mine = dict(params, executor="local", workers=parallel) if parallel > 1 and name in waited_for else params
+        # leaves idle and the ones after it start sooner; so does the last one (07), which waits for 03 and
+        # then runs alone beside a short 04.
+        mine = dict(params, executor="local", workers=parallel) if parallel > 1 and name in with_workers else params
         return name, notebooks_dir, executed_dir, mine, quiet, threads
 
     total_start = time.perf_counter()

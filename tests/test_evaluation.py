@@ -56,3 +56,16 @@ def test_markdown_shows_ours_and_the_paper():
     assert "90.00 ±3.41 / 93.15 (-3.15) |" in md and "| - / 23.95 |" in md
     t4 = paper_table("table4")
     assert pd.isna(t4.loc["0.20", "s4"]) and t4.loc["0.05", "s2"] == 41.46
+
+
+def test_the_eps_end_column_is_the_eps_curves_last_point(fashion_model, fashion):
+    """The masking report reads the eps curve's end as a column of its own (a table without the curve pays
+    for one point): the column must give the curve's number, seeded and batched as the curve is."""
+    from reproduce.evaluation import EPS_SWEEP, eps_curve, score_column
+    from reproduce.protocol import EPS_END
+
+    x, y = fashion.x_test[:120], fashion.y_test[:120]
+    curve = eps_curve(fashion_model, x, y, eps_values=(0, EPS_SWEEP[-1]), key="k")
+    column = score_column(fashion_model, x, y, EPS_END.spec(None), "k")
+    assert column["final"] == list(curve.values())[-1]
+    assert EPS_END.spec(None).eps == EPS_SWEEP[-1] and EPS_END.spec(None).step >= EPS_SWEEP[-1] / 4
