@@ -15,7 +15,7 @@ import torch
 
 from . import figures
 from .attacks import AttackSpec
-from .evaluation import evaluate_columns
+from .evaluation import accuracies, score_columns
 from .geometry import embeddings, sample, tsne
 from .losses import loss_recipe
 from .protocol import APPENDIX_COLUMNS
@@ -252,8 +252,8 @@ def _evaluate_grid(run, exps: dict, key_names) -> pd.DataFrame:
         if trained.model is None:
             row.update({c: np.nan for c in COLUMNS}, status="diverged")
         else:
-            row.update(evaluate_columns(exp, trained.model, x, y, specs, run.store, progress=run.progress),
-                       status="finished")
+            scores = score_columns(trained.model, x, y, specs, experiment=exp, store=run.store, progress=run.progress)
+            row.update(accuracies(scores), status="finished")
         rows.append(row)
     return pd.DataFrame(rows)
 

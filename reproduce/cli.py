@@ -392,6 +392,10 @@ def cmd_audit(args) -> int:
     from .evaluation import FOREIGN_KEY
     from .export import check_out_folder
 
+    if args.self_test:
+        return _audit_self_test()
+    if args.model is None:
+        raise ValueError("give the model to audit (a run folder, a table label, a model file), or --self-test")
     if not 0 < args.eps <= 255:
         raise ValueError(f"--eps {args.eps}: give it in 1/255 units, above 0 and at most 255 (8 is 8/255)")
     if args.out:
@@ -414,6 +418,20 @@ def cmd_audit(args) -> int:
     print(f"written {out}: audit.json, audit.md, audit_attacks.png, audit_eps.png, audit_steps.png, "
           "audit_logit_scale.png")
     return 0
+
+
+def _audit_self_test() -> int:
+    """The audit on its known-answer controls (reproduce.controls): 0 when every one gets its answer."""
+    from .controls import self_test, self_test_markdown
+
+    print("training a small network on synthetic images and auditing it plain and behind each control ...",
+          flush=True)
+    rows = self_test(progress=True)
+    print(self_test_markdown(rows))
+    wrong = [r["control"] for r in rows if not r["right"]]
+    print(f"self-test: {len(rows) - len(wrong)} of {len(rows)} controls get their known answer"
+          + (f"; wrong: {', '.join(wrong)}" if wrong else ""))
+    return 1 if wrong else 0
 
 
 def cmd_compare(args) -> int:
@@ -579,8 +597,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("audit", help="is a model's robustness real? the paper's attacks beside attacks that do not trust "
                               "its gradients, with a verdict and its reasons")
-    p.add_argument("model", help="a run or export folder of ours, a table label (e.g. AAML-AT), a TorchScript "
-                                 "file, or weights with --architecture (a pickled module only with --trust-pickle)")
+    p.add_argument("model", nargs="?", help="a run or export folder of ours, a table label (e.g. AAML-AT), a "
+                                            "TorchScript file, or weights with --architecture (a pickled module "
+                                            "only with --trust-pickle)")
+    p.add_argument("--self-test", action="store_true",
+                   help="audit models whose answer is known (built on the fly, about a minute) and say whether each "
+                        "gets it")
     _common(p)
     p.add_argument("--eps", type=float, default=8.0, help="L-inf eps in 1/255 units (default: 8, i.e. 8/255)")
     p.add_argument("--out", default=None, help="the folder to write (default: audits/<model>)")

@@ -6,7 +6,7 @@ import pandas as pd
 
 from . import figures
 from .attacks import AttackSpec
-from .evaluation import evaluate_columns, evaluate_white_box
+from .evaluation import accuracies, evaluate_white_box, score_columns
 from .protocol import ITERATION_SWEEP, TABLE1, table1_experiments
 from .tables import summarise
 
@@ -41,7 +41,8 @@ def robustness_curves(run) -> tuple[pd.DataFrame, pd.DataFrame]:
         base = dict(model=exp.label, loss=exp.loss, defense=exp.defense, seed=exp.seed, n=len(y))
         eps_rows += [dict(base, eps=round(float(e) * 255, 1), accuracy=a) for e, a in curve.items()]
         if exp.loss in ("SM", "AAML") and exp.defense in ("UM", "AT"):
-            row = evaluate_columns(exp, model, x, y, iteration_specs, run.store, progress=run.progress)
+            row = accuracies(score_columns(model, x, y, iteration_specs, experiment=exp, store=run.store,
+                                           progress=run.progress))
             step_rows += [dict(base, steps=s.steps, accuracy=row[s.column]) for s in iteration_specs]
     out, name = run.out_dir, run.profile
     eps = _with_intervals(pd.DataFrame(eps_rows), ["model", "loss", "defense", "eps"])

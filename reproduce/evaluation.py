@@ -140,22 +140,6 @@ def from_bits(text: str) -> torch.Tensor:
     return torch.tensor([c == "1" for c in text], dtype=torch.bool)
 
 
-def robust_accuracy(model, images, labels, spec: AttackSpec | None, *, scoring: str = "final",
-                    batch_size: int = 250, desc: str | None = None, progress: bool = False) -> float:
-    """Accuracy (percent) on the adversarial images of `spec` (clean images when spec is None), scored
-    at the final iterate (the authors' scoring) or, with scoring="any_iterate", at every iterate (then
-    an example stops being attacked at its first misclassified iterate, which costs less)."""
-    _check_scoring(scoring)
-    if scoring == "final" or spec is None:
-        return robust_scores(model, images, labels, spec, batch_size=batch_size, desc=desc,
-                             progress=progress)["final"]
-    device = next(model.parameters()).device
-    correct = torch.zeros((), device=device)
-    for x, y in progress_bar(DeviceLoader(images, labels, batch_size, device=device), desc, progress):
-        correct += predicts_right(model, attack(model, x, y, spec, stop_when_broken=True), y).sum()
-    return 100.0 * correct.item() / max(len(labels), 1)
-
-
 def cache_identity(images, **parts) -> dict:
     """What decides a cached evaluation: `parts` (the model's key, the column, the attack spec, the
     models of a transfer table), the test images' shape and pixel sum, and the protocol version. The
@@ -192,27 +176,25 @@ def curve_point(eps: float, base: AttackSpec | None = None) -> AttackSpec:
 
 
 def eps_curve(model, images, labels, base: AttackSpec | None = None, eps_values=EPS_SWEEP, *,
-              key: str = FOREIGN_KEY) -> dict:
+              key: str = FOREIGN_KEY, experiment=None, store: RunStore | None = None) -> dict:
     """PGD accuracy as eps grows ({eps as text: accuracy}); it must fall toward zero, or the gradients
-    are masked. The step grows with eps (at least eps / 4), so every eps-ball can be crossed. Each point
-    is seeded as a column (`column_seed(key, label)`); the point at the base's own eps is the base's column
-    (Table I's PGD-7), so the curve and the table give one number there."""
-    out = {}
-    for e in eps_values:
-        spec = curve_point(e, base)
-        torch.manual_seed(column_seed(key, spec.column))
-        out[f"{e:.4f}"] = robust_accuracy(model, images, labels, spec)
-    return out
+    are masked. Each point (`curve_point`) is scored as a column (`score_columns`' seed, from `key` or
+    the experiment's key); the point at the base's own eps is the base's column (Table I's PGD-7), so the
+    curve and the table give one number there. With `experiment` and `store`, Table I's curve is cached in
+    the run's eval/ folder (what Table I's checks, notebook 03's curves and the audit all read)."""
+    key = experiment.key if experiment is not None else key
+    points = {f"{e:.4f}": curve_point(e, base) for e in eps_values}
 
+    def compute():
+        return {text: _score_column(model, images, labels, spec, key)["final"] for text, spec in points.items()}
 
-def cached_eps_curve(experiment, model, images, labels, store: RunStore) -> dict:
-    """The eps curve of a model of the store, cached in its eval/ folder (what Table I's checks, the
-    curves of notebook 03 and the audit all read)."""
+    if experiment is None or store is None or base not in (None, CURVE_BASE) or tuple(eps_values) != EPS_SWEEP:
+        return compute()
     path = store.eval_path(experiment, cache_name("eps_curve", images, spec=CURVE_BASE.identity()))
     identity = cache_identity(images, key=experiment.key, column="eps_curve", spec=CURVE_BASE.identity())
     cached = read_cache(path, identity)
     if cached is None:
-        cached = dict(identity, curve=eps_curve(model, images, labels, key=experiment.key))
+        cached = dict(identity, curve=compute())
         path.parent.mkdir(parents=True, exist_ok=True)
         write_checked_json(path, cached)
     return cached["curve"]
@@ -250,20 +232,6 @@ def white_box_checks(row: dict, curve: dict | None = None, tol: float = ORDER_TO
     return flags
 
 
-def evaluate_columns(experiment, model, images, labels, specs, store: RunStore | None = None, *,
-                     progress: bool = True, wait_for_claim: bool = True, scoring: str = "final") -> dict:
-    """{'clean': accuracy, column: accuracy for each spec} under `scoring` ("final" or "any_iterate"),
-    each column cached on its own, with both scores, in the run's eval/ folder: a new column is computed
-    alone, the others come from the cache. Each column's random draws are seeded from the model and the
-    column, so a number does not depend on what was evaluated before it, nor on which worker computed it.
-    A column being computed by another process is waited for (or, with `wait_for_claim=False`, left out
-    of the row)."""
-    _check_scoring(scoring)
-    return {column: scores[scoring] for column, scores in
-            column_scores(experiment, model, images, labels, specs, store, progress=progress,
-                          wait_for_claim=wait_for_claim).items()}
-
-
 def subset(images, labels, spec: AttackSpec | None):
     """The test images a column is measured on: the first `spec.images` of them, or all."""
     n = None if spec is None else spec.images
@@ -278,8 +246,8 @@ def column_seed(key: str, column: str) -> int:
     return int(hashlib.sha256(f"{key}/{column}".encode()).hexdigest()[:8], 16)
 
 
-def score_column(model, images, labels, spec: AttackSpec | None, key: str, *, progress: bool = False,
-                 desc: str | None = None) -> dict:
+def _score_column(model, images, labels, spec: AttackSpec | None, key: str, *, progress: bool = False,
+                  desc: str | None = None) -> dict:
     """One column on its test images (`subset`), seeded by `column_seed(key, column)`: robust_scores
     with a bool per image, and "n" the images it scored."""
     xs, ys = subset(images, labels, spec)
@@ -308,64 +276,85 @@ def uncached_columns(experiment, images, specs, store: RunStore) -> list[str]:
     return out
 
 
-def column_scores(experiment, model, images, labels, specs, store: RunStore | None = None, *,
-                  progress: bool = True, wait_for_claim: bool = True, per_example: bool = False) -> dict:
-    """{'clean' or column: {"final": accuracy, "any_iterate": accuracy, "n": test images, "zero_dlr_gradient",
-    "messages" (robust_scores)}}, cached per
-    column in the store (None: the default store); with `per_example`, also "correct" and
-    "correct_any_iterate", a bool per image (a cache written without them is computed again)."""
-    store = store or RunStore()
+def score_columns(model, images, labels, specs, *, experiment=None, store: RunStore | None = None,
+                  key: str = FOREIGN_KEY, progress: bool = False, per_example: bool = False,
+                  wait_for_claim: bool = True) -> dict:
+    """The one way every path (tables, curves, the masking report, the audit, `evaluate`, `export`, the
+    grid's workers) scores a model: {'clean' or column: {"final": accuracy, "any_iterate": accuracy, "n":
+    test images, "zero_dlr_gradient", "messages" (`robust_scores`)}} for `specs`, every column seeded by
+    `column_seed` from `key` or the experiment's key, so a number does not depend on what was evaluated
+    before it nor on which worker computed it. With `experiment` and `store` each column is read from, or
+    written to, its own cache in the run's eval/ folder (a column another process is computing is waited
+    for, or with `wait_for_claim=False` left out); else it is computed here. With `per_example`, also
+    "correct" and "correct_any_iterate", a bool per image (a cache written without them is computed again)."""
     row = {}
     for spec in [None] + list(specs):
         column = "clean" if spec is None else spec.column
-        path, identity = _column_cache(store, experiment, images, spec)
-        usable = lambda c: c is not None and (not per_example or "correct" in c)  # noqa: E731
-        cached = read_cache(path, identity)
-        if not usable(cached):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            claim = FileLock(str(path) + ".lock")
-            try:
-                claim.acquire(timeout=-1 if wait_for_claim else 0)
-            except Timeout:
-                continue
-            try:
-                cached = read_cache(path, identity)  # computed by the process we waited for
-                if not usable(cached):
-                    start = time.perf_counter()
-                    scores = score_column(model, images, labels, spec, experiment.key, progress=progress,
-                                          desc=f"{experiment.label} {column}")
-                    cached = dict(identity, label=experiment.label, accuracy=scores["final"],
-                                  accuracy_any_iterate=scores["any_iterate"], seconds=time.perf_counter() - start,
-                                  n=scores["n"], correct=bits(scores["correct"]),
-                                  correct_any_iterate=bits(scores["correct_any_iterate"]),
-                                  zero_dlr_gradient=scores["zero_dlr_gradient"], messages=scores["messages"])
-                    write_checked_json(path, cached)
-                    if progress:
-                        print(f"{experiment.label} {column}: {cached['accuracy']:.2f}% on {scores['n']} images "
-                              f"({cached['seconds']:.0f} s)", flush=True)
-            finally:
-                claim.release()
-        row[column] = {"final": cached["accuracy"], "any_iterate": cached["accuracy_any_iterate"],
-                       "n": len(subset(images, labels, spec)[1]),
-                       # caches of 0.4.0 and before did not keep it: None, unknown (not zero)
-                       "zero_dlr_gradient": cached.get("zero_dlr_gradient"), "messages": cached.get("messages", [])}
-        if per_example:
-            row[column].update(correct=from_bits(cached["correct"]),
-                               correct_any_iterate=from_bits(cached["correct_any_iterate"]))
+        if experiment is None or store is None:
+            row[column] = _score_column(model, images, labels, spec, key, progress=progress, desc=spec and column)
+            continue
+        scores = _cached_column(experiment, model, images, labels, spec, store, progress=progress,
+                                wait_for_claim=wait_for_claim, per_example=per_example)
+        if scores is not None:
+            row[column] = scores
     return row
 
 
-def score_columns(model, images, labels, specs, *, experiment=None, store: RunStore | None = None,
-                  key: str = FOREIGN_KEY, progress: bool = False) -> dict:
-    """{'clean' or column: {"final", "any_iterate", "n", "correct", "correct_any_iterate"}} for `specs`,
-    every column seeded by `column_seed`: read and filled from the store's caches with `experiment` and
-    `store` (as the tables do), else computed here with the experiment's key (`key` for a module of no
-    experiment). The one way every path (tables, evaluate, export, audit) scores a model."""
-    if experiment is not None and store is not None:
-        return column_scores(experiment, model, images, labels, specs, store, progress=progress, per_example=True)
-    key = experiment.key if experiment is not None else key
-    return {"clean" if s is None else s.column: score_column(model, images, labels, s, key, progress=progress,
-                                                             desc=s and s.column) for s in [None] + list(specs)}
+def accuracies(scores: dict, scoring: str = "final") -> dict:
+    """{column: accuracy} of `score_columns`' result under `scoring` ("final" or "any_iterate")."""
+    _check_scoring(scoring)
+    return {column: s[scoring] for column, s in scores.items()}
+
+
+def robust_accuracy(model, images, labels, spec: AttackSpec | None = None, *, scoring: str = "final",
+                    key: str = FOREIGN_KEY) -> float:
+    """Accuracy (percent) of any model under one attack (clean images when spec is None), scored as every
+    table scores it (`score_columns`, seeded from `key`): at the final iterate (the authors' scoring) or,
+    with scoring="any_iterate", counting an image broken at its first misclassified iterate."""
+    _check_scoring(scoring)
+    column = "clean" if spec is None else spec.column
+    return score_columns(model, images, labels, [spec] if spec is not None else [], key=key)[column][scoring]
+
+
+def _cached_column(experiment, model, images, labels, spec, store: RunStore, *, progress: bool,
+                   wait_for_claim: bool, per_example: bool) -> dict | None:
+    """One column of `score_columns` through its cache, computed under a claim lock when missing; None when
+    another process holds the claim and `wait_for_claim` is False."""
+    column = "clean" if spec is None else spec.column
+    path, identity = _column_cache(store, experiment, images, spec)
+    usable = lambda c: c is not None and (not per_example or "correct" in c)  # noqa: E731
+    cached = read_cache(path, identity)
+    if not usable(cached):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        claim = FileLock(str(path) + ".lock")
+        try:
+            claim.acquire(timeout=-1 if wait_for_claim else 0)
+        except Timeout:
+            return None
+        try:
+            cached = read_cache(path, identity)  # computed by the process we waited for
+            if not usable(cached):
+                start = time.perf_counter()
+                scores = _score_column(model, images, labels, spec, experiment.key, progress=progress,
+                                       desc=f"{experiment.label} {column}")
+                cached = dict(identity, label=experiment.label, accuracy=scores["final"],
+                              accuracy_any_iterate=scores["any_iterate"], seconds=time.perf_counter() - start,
+                              n=scores["n"], correct=bits(scores["correct"]),
+                              correct_any_iterate=bits(scores["correct_any_iterate"]),
+                              zero_dlr_gradient=scores["zero_dlr_gradient"], messages=scores["messages"])
+                write_checked_json(path, cached)
+                if progress:
+                    print(f"{experiment.label} {column}: {cached['accuracy']:.2f}% on {scores['n']} images "
+                          f"({cached['seconds']:.0f} s)", flush=True)
+        finally:
+            claim.release()
+    out = {"final": cached["accuracy"], "any_iterate": cached["accuracy_any_iterate"],
+           "n": len(subset(images, labels, spec)[1]),
+           # caches of 0.4.0 and before did not keep it: None, unknown (not zero)
+           "zero_dlr_gradient": cached.get("zero_dlr_gradient"), "messages": cached.get("messages", [])}
+    if per_example:
+        out.update(correct=from_bits(cached["correct"]), correct_any_iterate=from_bits(cached["correct_any_iterate"]))
+    return out
 
 
 def read_cache(path, identity: dict, quiet: bool = False):
@@ -399,25 +388,14 @@ def evaluate_white_box(experiment, model, images, labels, specs, store: RunStore
     cached."""
     _check_scoring(scoring)
     store = store or RunStore()
-    scores = column_scores(experiment, model, images, labels, specs, store, progress=progress)
-    rows = {s: {c: v[s] for c, v in scores.items()} for s in SCORINGS}
+    scores = score_columns(model, images, labels, specs, experiment=experiment, store=store, progress=progress)
+    rows = {s: accuracies(scores, s) for s in SCORINGS}
     n_images = {c: v["n"] for c, v in scores.items()}
     row = rows[scoring]
-    curve = cached_eps_curve(experiment, model, images, labels, store) if with_checks else None
+    curve = eps_curve(model, images, labels, experiment=experiment, store=store) if with_checks else None
     return {"label": experiment.label, "key": experiment.key, "row": row, "row_final": rows["final"],
             "row_any_iterate": rows["any_iterate"], "n_images": n_images, "eps_curve": curve,
             "flags": white_box_checks(row, curve)}
-
-
-def craft(model, images, labels, spec: AttackSpec, batch_size: int = 250, progress: bool = False,
-          desc: str | None = None) -> torch.Tensor:
-    """Adversarial images for a whole set, kept on the CPU as float (restarts keep the first image
-    that fools `model`)."""
-    device = next(model.parameters()).device
-    out = []
-    for x, y in progress_bar(DeviceLoader(images, labels, batch_size, device=device), desc, progress):
-        out.append(attack(model, x, y, spec).cpu())
-    return torch.cat(out)
 
 
 def transfer_correct(surrogate, targets: dict, images, labels, spec: AttackSpec, *, batch_size: int = 250,

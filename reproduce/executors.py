@@ -3,7 +3,7 @@ through submitit.
 
 Every worker walks the whole list of experiments (or of (model, column) evaluations), each starting at
 a different place, and does what no other worker has claimed (the claim locks of training.train and
-evaluation.evaluate_columns), skipping the rest. When the workers have ended, the calling process does
+evaluation.score_columns), skipping the rest. When the workers have ended, the calling process does
 whatever is left (the share of a worker that died) and reads every result from the store; the store is
 the only thing the workers share, so N workers leave the same run directories, metrics, weights and
 table cells as one. On the CPU float sums depend on the thread count, so every local worker computes at
@@ -44,7 +44,7 @@ def _worker(run, experiments, offset: int, threads: int | None = None) -> list[s
 def _eval_worker(run, experiments, offset: int, threads: int | None = None, specs=None) -> int:
     """Evaluate every column of `specs` (Table I's by default) of every finished model that no other worker
     has claimed; return how many models it visited."""
-    from .evaluation import evaluate_columns
+    from .evaluation import score_columns
     from .protocol import TABLE1
 
     specs = TABLE1.specs(run.profile) if specs is None else specs
@@ -55,7 +55,7 @@ def _eval_worker(run, experiments, offset: int, threads: int | None = None, spec
     for exp in experiments[offset:] + experiments[:offset]:
         if not run.finished(exp):
             continue
-        evaluate_columns(exp, run.model(exp), x, y, specs, run.store, progress=False, wait_for_claim=False)
+        score_columns(run.model(exp), x, y, specs, experiment=exp, store=run.store, wait_for_claim=False)
         visited += 1
     return visited
 

@@ -23,7 +23,7 @@ import torch
 
 from . import audits, figures
 from .audits import MIN_GAP, ZERO_GRADIENT
-from .evaluation import cached_value, column_scores
+from .evaluation import cached_value, score_columns
 from .protocol import EPS_END, LOGIT_SCALES, MASKING_COLUMNS, PGD20_COLUMN, SCALE_SWEEP_MODELS, TABLE1, TABLE3, Table
 from .stats import wilson_interval
 from .tables import cell, compute, summarise
@@ -55,7 +55,8 @@ def report_cells(run, table: Table = TABLE1) -> tuple[pd.DataFrame, pd.DataFrame
         if not run.finished(exp):
             continue
         model = run.model(exp)
-        scores = column_scores(exp, model, x, y, specs, run.store, progress=run.progress, per_example=True)
+        scores = score_columns(model, x, y, specs, experiment=exp, store=run.store, progress=run.progress,
+                               per_example=True)
         worst = audits.worst_case(scores)
         square_n = scores["square"]["n"]
         for column in REPORT_COLUMNS:
@@ -206,7 +207,8 @@ def logit_scale_sweep(run) -> pd.DataFrame:
     for exp in TABLE1.models(run):
         if exp.loss not in SCALE_SWEEP_MODELS or not run.finished(exp):
             continue
-        scores = column_scores(exp, run.model(exp), x, y, list(specs.values()), run.store, progress=run.progress)
+        scores = score_columns(run.model(exp), x, y, list(specs.values()), experiment=exp, store=run.store,
+                               progress=run.progress)
         rows += [dict(cell(exp.label, f"{t:g}", exp.seed, scores[s.column]["final"], len(y)), loss=exp.loss,
                       defense=exp.defense) for t, s in specs.items()]
     cells = pd.DataFrame(rows)

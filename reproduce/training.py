@@ -55,12 +55,12 @@ KEEP_REASONS = {"best_clean_val": "the best clean validation accuracy", "best_pg
 def _validate(model, experiment, data, epoch: int) -> dict:
     """The epoch's validation numbers: clean accuracy, and PGD-7 accuracy when the keep rule needs it
     (seeded from the epoch, so a resumed run draws the same random starts)."""
-    from .evaluation import accuracy, robust_accuracy
+    from .evaluation import accuracy, robust_scores
 
     out = {"val_acc": accuracy(model, data.x_val, data.y_val, batch_size=500, bf16=True)}
     if experiment.keep == "best_pgd7_val":
         torch.manual_seed(_epoch_seed(experiment.seed, epoch) + 500_000)
-        out["val_pgd7_acc"] = robust_accuracy(model, data.x_val, data.y_val, PGD7)
+        out["val_pgd7_acc"] = robust_scores(model, data.x_val, data.y_val, PGD7)["final"]
     return out
 
 

@@ -129,7 +129,7 @@ def test_every_bad_path_gets_one_line_and_exit_2_before_any_work(tmp_path, capsy
 
 
 def test_a_folder_or_link_where_the_store_keeps_a_file_is_named(tmp_path, capsys):
-    from reproduce.evaluation import column_scores
+    from reproduce.evaluation import score_columns
     from reproduce.store import RunStore, StoreError
     from reproduce.training import train
 
@@ -154,9 +154,9 @@ def test_a_folder_or_link_where_the_store_keeps_a_file_is_named(tmp_path, capsys
 
     x, y = torch.rand(4, 1, 28, 28), torch.tensor([0, 1, 2, 3])
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 10))
-    column_scores(exp, model, x, y, [], store, progress=False)
+    score_columns(model, x, y, [], experiment=exp, store=store)
     cache = next((run_dir / "eval").glob("column-clean-*.json"))
     cache.unlink()
     cache.mkdir()
     with pytest.raises(StoreError, match="is a folder"):
-        column_scores(exp, model, x, y, [], store, progress=False)
+        score_columns(model, x, y, [], experiment=exp, store=store)

@@ -126,7 +126,7 @@ def test_no_document_calls_a_gap_beyond_chance_within_chance(doc):
     """The audit's words for APGD-T on AAML-UM are computed (`audits.compared`); a document that quotes them
     must not soften them."""
     audit = json.loads((RESULTS / "audit_AAML-UM" / "audit.json").read_text())
-    why = audit["per_check"]["scale-invariant loss beats CE"]["why"]
+    why = audit["indicators"]["scale-invariant loss beats CE"]["why"]
     text = " ".join(doc.read_text().split())
     if "beyond chance" in why:
         assert "APGD-T within chance" not in text and "APGD-T 3.7 points" not in text.replace(why, "")

@@ -61,11 +61,10 @@ def test_markdown_shows_ours_and_the_paper():
 def test_the_eps_end_column_is_the_eps_curves_last_point(fashion_model, fashion):
     """The masking report reads the eps curve's end as a column of its own (a table without the curve pays
     for one point): the column must give the curve's number, seeded and batched as the curve is."""
-    from reproduce.evaluation import EPS_SWEEP, eps_curve, score_column
+    from reproduce.evaluation import EPS_SWEEP, eps_curve, robust_accuracy
     from reproduce.protocol import EPS_END
 
     x, y = fashion.x_test[:120], fashion.y_test[:120]
     curve = eps_curve(fashion_model, x, y, eps_values=(0, EPS_SWEEP[-1]), key="k")
-    column = score_column(fashion_model, x, y, EPS_END.spec(None), "k")
-    assert column["final"] == list(curve.values())[-1]
+    assert robust_accuracy(fashion_model, x, y, EPS_END.spec(None), key="k") == list(curve.values())[-1]
     assert EPS_END.spec(None).eps == EPS_SWEEP[-1] and EPS_END.spec(None).step >= EPS_SWEEP[-1] / 4

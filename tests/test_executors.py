@@ -102,22 +102,23 @@ def test_two_local_workers_fill_the_evaluation_cache_with_the_sequential_numbers
 
     from reproduce.config import get_profile
     from reproduce.data import load_dataset
-    from reproduce.evaluation import evaluate_columns
+    from reproduce.evaluation import accuracies, score_columns
     from reproduce.executors import evaluate_grid
-    from reproduce.protocol import TABLE1
+    from reproduce.protocol import EPS_END, TABLE1
     from reproduce.training import load_trained
 
     prof = get_profile("smoke", test_limit=16, restarts=2, mim_steps=3, autoattack_steps=2)
     exps = _grid()[:2]
     run_grid(_run(tmp_path / "one", cifar_root), exps)
     shutil.copytree(tmp_path / "one", tmp_path / "two")
+    specs = TABLE1.specs(prof) + [EPS_END.spec(prof)]  # Table I's and a column of the masking report
     evaluate_grid(Run(prof, "cifar10", store=RunStore(tmp_path / "two"), device="cpu", data_root=cifar_root), exps,
-                  workers=2)
+                  workers=2, specs=specs)
     data = load_dataset("cifar10", cifar_root, test_limit=16)
     # sequential, in the other store; then the workers' cache, read without computing
-    one = {exp: evaluate_columns(exp, load_trained(exp, RunStore(tmp_path / "one")), data.x_test, data.y_test,
-                                 TABLE1.specs(prof), RunStore(tmp_path / "one"), progress=False) for exp in exps}
-    for exp in exps:
-        two = evaluate_columns(exp, None, data.x_test, data.y_test, TABLE1.specs(prof), RunStore(tmp_path / "two"),
-                               progress=False)  # model None: every column must come from the cache
-        assert one[exp] == two and len(two) == len(TABLE1.columns)
+    one = {exp: accuracies(score_columns(load_trained(exp, RunStore(tmp_path / "one")), data.x_test, data.y_test,
+                                         specs, experiment=exp, store=RunStore(tmp_path / "one"))) for exp in exps}
+    for exp in exps:  # model None: every column must come from the cache
+        two = accuracies(score_columns(None, data.x_test, data.y_test, specs, experiment=exp,
+                                       store=RunStore(tmp_path / "two")))
+        assert one[exp] == two and len(two) == len(TABLE1.columns) + 1

@@ -9,8 +9,8 @@ LAYERS = [
     ("foundations", ["progress", "stats", "devices", "data", "loader", "models", "losses", "attacks"]),
     ("store", ["store"]),
     ("experiments", ["config", "protocol", "defenses", "training", "evaluation"]),
-    ("reports", ["report", "tables", "claims", "figures", "curves", "geometry", "masking", "audits", "abcl",
-                 "compare"]),
+    ("reports", ["report", "tables", "claims", "figures", "curves", "geometry", "masking", "indicators",
+                 "audits", "controls", "abcl", "compare"]),
     ("run context and export", ["context", "export"]),
     ("face", ["cli", "runner", "executors", "plan", "bench", "colab", "__main__", "__init__"]),
 ]

@@ -6,7 +6,7 @@ import pytest
 
 from reproduce.config import get_profile, make_experiment
 from reproduce.context import Run
-from reproduce.evaluation import column_scores
+from reproduce.evaluation import score_columns
 from reproduce.protocol import FGSM
 from reproduce.store import CheckpointError, RunStore, StoreError, append_jsonl
 from reproduce.training import load_trained, train
@@ -26,19 +26,19 @@ def test_a_cache_of_another_column_or_model_is_recomputed_not_served(tmp_path, c
     run = Run(get_profile("smoke", test_limit=20), "cifar10", store=store, data_root=cifar_root, progress=False)
     x, y = run.test_images()
     fgsm = [FGSM.spec(run.profile)]
-    truth = column_scores(sm, load_trained(sm, store), x, y, fgsm, store, progress=False)
+    truth = score_columns(load_trained(sm, store), x, y, fgsm, experiment=sm, store=store)
     eval_dir = store.run_dir(sm) / "eval"
     clean, attacked = (next(eval_dir.glob(f"column-{c}-*.json")) for c in ("clean", "fgsm"))
     shutil.copy(attacked, clean)  # the red team's case: the run's own (valid) FGSM file as its clean cache
-    assert column_scores(sm, load_trained(sm, store), x, y, fgsm, store, progress=False) == truth
+    assert score_columns(load_trained(sm, store), x, y, fgsm, experiment=sm, store=store) == truth
     assert "its column, spec differ" in capsys.readouterr().out
-    column_scores(aaml, load_trained(aaml, store), x, y, fgsm, store, progress=False)
+    score_columns(load_trained(aaml, store), x, y, fgsm, experiment=aaml, store=store)
     other = next((store.run_dir(aaml) / "eval").glob("column-fgsm-*.json"))
     shutil.copy(other, attacked)  # another model's FGSM cell
-    assert column_scores(sm, load_trained(sm, store), x, y, fgsm, store, progress=False) == truth
+    assert score_columns(load_trained(sm, store), x, y, fgsm, experiment=sm, store=store) == truth
     assert "its key differ" in capsys.readouterr().out
     fewer = Run(get_profile("smoke", test_limit=10), "cifar10", store=store, data_root=cifar_root).test_images()
-    column_scores(sm, load_trained(sm, store), *fewer, fgsm, store, progress=False)
+    score_columns(load_trained(sm, store), *fewer, fgsm, experiment=sm, store=store)
     assert len(list(eval_dir.glob("column-clean-*.json"))) == 2  # another test set: a cache of its own
 
 

@@ -156,19 +156,19 @@ def test_smoke_softmax_learns_fashion_mnist_on_any_machine(tmp_path, fashion):
 
 
 def test_a_damaged_or_edited_store_file_is_named_or_recomputed(tmp_path, cifar_root, capsys):
-    from reproduce.evaluation import evaluate_columns
+    from reproduce.evaluation import score_columns
     from reproduce.store import StoreError
 
     store = RunStore(tmp_path / "runs")
     exp = tiny(epochs=1)
     run = train(exp, store, data=cifar_root, progress=False)
     x, y = torch.rand(8, 3, 32, 32), torch.randint(0, 10, (8,))
-    evaluate_columns(exp, run.model, x, y, [], store, progress=False)
+    score_columns(run.model, x, y, [], experiment=exp, store=store)
     cache = next((run.run_dir / "eval").glob("*.json"))
     edited = json.loads(cache.read_text())
     edited["accuracy"] = 99.0
     cache.write_text(json.dumps(edited))
-    assert evaluate_columns(exp, run.model, x, y, [], store, progress=False)["clean"] != 99.0
+    assert score_columns(run.model, x, y, [], experiment=exp, store=store)["clean"]["final"] != 99.0
     assert "was edited or damaged" in capsys.readouterr().out
     result = run.run_dir / "result.json"
     result.write_text(result.read_text()[:40])
