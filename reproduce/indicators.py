@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from .attacks import attack, attack_mode
+from .loader import DeviceLoader
 
 PINTOR = "pralab/IndicatorsOfAttackFailure@874c661 src/indicators/indicators.py"
 AUTOATTACK = "fra31/auto-attack@a392200 autoattack/checks.py"
@@ -74,6 +75,11 @@ def indicator(name: str, value, threshold, fired: bool, why: str) -> dict:
             "kind": "masking" if name in FAMILIES else "incomplete", "why": why}
 
 
+def _batches(model, images, labels, batch_size: int):
+    """Float batches on the model's device, in order (uint8 images scaled to [0, 1])."""
+    return DeviceLoader(images, labels, batch_size, device=next(model.parameters()).device)
+
+
 def _share(bits: torch.Tensor) -> float:
     return 100.0 * bits.float().mean().item() if len(bits) else 0.0
 
@@ -95,12 +101,8 @@ def incomplete_optimisation(model, images, labels, spec, batch_size: int = 250) 
     """Share of images whose attack loss was still improving at the end: the source rescales the loss along
     the iterations to [0, 1], keeps its running best, and fires when its last ten values span more than
     0.05. Here the loss is CE at each iterate of `spec` (one restart), per image."""
-    device = next(model.parameters()).device
     fired = []
-    for start in range(0, len(labels), batch_size):
-        x = images[start:start + batch_size].to(device)
-        x = x.float() / 255 if x.dtype == torch.uint8 else x
-        y = labels[start:start + batch_size].to(device)
+    for x, y in _batches(model, images, labels, batch_size):
         trace = []
 
         def logits_of(xi, yi, trace=trace):
@@ -130,12 +132,10 @@ def transfer_failure(surrogate_right: torch.Tensor, model_right: torch.Tensor) -
 def unavailable_gradients(model, images, labels, batch_size: int = 250) -> tuple[bool, float]:
     """(the graph is interrupted, share of images with an all-zero CE input gradient at the predicted label):
     the source's two metrics (`interrupted_computational_graph_metric`, `zero_gradients_metric`, L0 norm 0)."""
-    device = next(model.parameters()).device
     zero = 0
     with attack_mode(model):
-        for start in range(0, len(labels), batch_size):
-            x = images[start:start + batch_size].to(device)
-            x = (x.float() / 255 if x.dtype == torch.uint8 else x).requires_grad_(True)
+        for x, _ in _batches(model, images, labels, batch_size):
+            x = x.detach().requires_grad_(True)
             logits = model(x).float()
             try:
                 (grad,) = torch.autograd.grad(F.cross_entropy(logits, logits.argmax(1), reduction="sum"), x)
@@ -149,13 +149,9 @@ def unavailable_gradients(model, images, labels, batch_size: int = 250) -> tuple
 def unstable_predictions(model, images, labels, eps: float, draws: int = 100, batch_size: int = 250) -> float:
     """The source's metric, averaged over images: per image, the mean over `draws` uniform perturbations in
     [-eps/2, eps/2] of |CE(x + noise) - CE(x)| / |CE(x)| (|CE(x)| taken as 1 where it is 0), at most 1."""
-    device = next(model.parameters()).device
     metrics = []
     with attack_mode(model):
-        for start in range(0, len(labels), batch_size):
-            x = images[start:start + batch_size].to(device)
-            x = x.float() / 255 if x.dtype == torch.uint8 else x
-            y = labels[start:start + batch_size].to(device)
+        for x, y in _batches(model, images, labels, batch_size):
             reference = F.cross_entropy(model(x).float(), y, reduction="none")
             divide = reference.abs().clone()
             divide[divide == 0] = 1
@@ -223,14 +219,10 @@ def gradients_at_inference(model, x) -> int:
 def random_noise_right(model, images, labels, eps: float, draws: int, batch_size: int = 250) -> torch.Tensor:
     """Per image, right under every one of `draws` random corners of the L-inf ball (each pixel moved by
     +eps or -eps, clipped to [0, 1]): the budget's noise, many draws per image."""
-    device = next(model.parameters()).device
     right = []
     with attack_mode(model):
-        for start in range(0, len(labels), batch_size):
-            x = images[start:start + batch_size].to(device)
-            x = x.float() / 255 if x.dtype == torch.uint8 else x
-            y = labels[start:start + batch_size].to(device)
-            alive = torch.ones(len(y), dtype=torch.bool, device=device)
+        for x, y in _batches(model, images, labels, batch_size):
+            alive = torch.ones(len(y), dtype=torch.bool, device=x.device)
             for _ in range(draws):
                 corner = (x + eps * torch.sign(torch.rand_like(x) - 0.5)).clamp(0, 1)
                 alive &= model(corner).argmax(1) == y
