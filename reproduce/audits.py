@@ -63,7 +63,7 @@ from .indicators import (
     unstable_predictions,
 )
 from .loader import DeviceLoader
-from .protocol import ITERATION_SWEEP, LOGIT_SCALES, MASKING_COLUMNS, PGD20_COLUMN, TABLE1, PGD20x20
+from .protocol import LOGIT_SCALES, MASKING_COLUMNS, PGD20_COLUMN, TABLE1, PGD20x20
 from .stats import wilson_interval
 
 # A CE input gradient whose largest entry is below this counts as zero: at float32 a saturated softmax
@@ -85,6 +85,7 @@ UNSTABLE_DRAWS = 100  # uniform draws per image for unstable predictions (the so
 STEP_SWEEP = (1 / 16, 1 / 2)  # PGD-20's step as a share of eps, beside Table I's 1/4
 UNBOUNDED_STEP = 0.1  # PGD-20 with eps 1 (no bound in [0, 1]): its step
 AA_CHECK_IMAGES = 250  # AutoAttack runs its checks on its first batch (bs = 250)
+STEPS = (1, 2, 5, 10, 20, 40)  # the curve against PGD's steps; its last doubling, 20 to 40, is a check
 SCALE_INVARIANT = ("pgd20_cw", "apgd_dlr", "apgd_t")
 TITLES = {"clean": "Clean", "fgsm": "FGSM", "bim7": "BIM (7)", "pgd7": "PGD (7)", "pgd20": "CE-PGD-20",
           "pgd20x20": "20PGD (20)", "mim40": "MIM (40)", "aa": "AutoAttack", "pgd20_cw": "CW-PGD-20",
@@ -259,7 +260,7 @@ class Audit:
 
 def audit(model, images, labels, eps: float = EPS, *, profile: Profile | str = "smoke", surrogate=None,
           device=None, experiment=None, store=None, key: str = FOREIGN_KEY, progress: bool = False,
-          iterations=ITERATION_SWEEP, noise_draws: int = NOISE_DRAWS, unstable_draws: int = UNSTABLE_DRAWS) -> Audit:
+          iterations=STEPS, noise_draws: int = NOISE_DRAWS, unstable_draws: int = UNSTABLE_DRAWS) -> Audit:
     """Audit `model` (any torch.nn.Module mapping images in [0, 1] to logits; evaluated in float32, in eval
     mode, on `device`) on `images` (uint8 or float, any number of channels) and `labels`, at L-inf `eps`.
     `profile` sets the budgets (restarts, steps, queries; `smoke` by default; Square, random noise and
