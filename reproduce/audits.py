@@ -90,7 +90,8 @@ SCALE_INVARIANT = ("pgd20_cw", "apgd_dlr", "apgd_t")
 TITLES = {"clean": "Clean", "fgsm": "FGSM", "bim7": "BIM (7)", "pgd7": "PGD (7)", "pgd20": "CE-PGD-20",
           "pgd20x20": "20PGD (20)", "mim40": "MIM (40)", "aa": "AutoAttack", "pgd20_cw": "CW-PGD-20",
           "apgd_dlr": "APGD-DLR", "apgd_t": "APGD-T", "square": "Square", "transfer": "transfer 20PGD",
-          "worst": "worst case"}
+          "worst": "worst case", "noise": "random noise", "pgd20_step0.0625": "PGD-20 (step eps/16)",
+          "pgd20_step0.5": "PGD-20 (step eps/2)"}
 
 
 def zero_gradient_share(model, images, labels, batch_size: int = 250) -> float:
@@ -429,7 +430,8 @@ def audit(model, images, labels, eps: float = EPS, *, profile: Profile | str = "
                                      replace(base20, logit_scale=t, label=f"pgd20_T{t:g}") for t in LOGIT_SCALES},
         specs, scores, cached).items()}
 
-    columns = {k: _interval(v["final"], v["n"]) for k, v in scores.items()}
+    columns = {k: _interval(v["final"], v["n"]) for k, v in scores.items() if k != "pgd20_unbounded"}
+    columns["noise"] = _interval(100.0 * noise.float().mean().item(), m)
     if "transfer" in free:
         columns["transfer"] = _interval(100.0 * free["transfer"].float().mean().item(), n)
     every = worst_case({**{k: v for k, v in scores.items() if k != "pgd20_unbounded"},
