@@ -70,7 +70,7 @@ def report_cells(run, table: Table = TABLE1) -> tuple[pd.DataFrame, pd.DataFrame
                        "zero_gradient": cached_value(run.store, exp, x, "zero_gradient",
                                                      lambda m=model: audits.zero_gradient_share(m, x, y)),
                        "zero_dlr_gradient": audits.zero_dlr_gradient_share(scores),
-                       "eps_end": scores["eps_end"]["final"], "transfer": transfer.get((exp.label, exp.seed)),
+                       "eps_end": scores[EPS_END.spec(run.profile).column]["final"], "transfer": transfer.get((exp.label, exp.seed)),
                        "white_20pgd": scores["pgd20x20"]["final"], **counts})
     return pd.DataFrame(records), pd.DataFrame(extras)
 

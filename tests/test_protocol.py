@@ -92,3 +92,22 @@ def test_every_table_reads_its_definition():
     assert tables.paper_table("table2").columns.tolist() == list(protocol.SURROGATES)
     aa = [s for s in protocol.TABLE1.specs(prof) if s.name == "autoattack"]
     assert aa[0].version == "apgd" and protocol.TABLE1.specs(get_profile("quick"))[-1].version == "standard"
+
+
+def test_the_masking_report_of_a_table_reads_the_eps_curves_end_as_its_column(tmp_path, cifar_root):
+    """The report on a table's trained models (here one): its eps end is the eps curve's last point, read
+    from the column `protocol.EPS_END` that the grid's workers fill (`masking.report_specs`)."""
+    from reproduce import masking
+    from reproduce.evaluation import eps_curve
+
+    run = replace(_tiny_run(tmp_path, cifar_root),
+                              profile=get_profile("smoke", width=4, epochs=1, train_limit=64, val_limit=32,
+                                                  test_limit=24, restarts=2, mim_steps=3, autoattack_steps=2,
+                                                  apgd_steps=2, apgd_targets=2, square_queries=5, square_images=8))
+    sm_um = next(e for e in protocol.TABLE1.models(run) if e.label == "SM-UM")
+    train(sm_um, run.store, data=run.data, device="cpu", progress=False)
+    cells, extras = masking.report_cells(run, protocol.BEYOND)
+    x, y = run.test_images()
+    curve = eps_curve(run.model(sm_um), x, y, experiment=sm_um, store=run.store)
+    assert extras.set_index("model").loc["SM-UM", "eps_end"] == list(curve.values())[-1]
+    assert set(cells["column"]) >= {"pgd20", "pgd20_cw", "apgd_dlr", "apgd_t", "square", masking.WORST}
