@@ -3,6 +3,7 @@ added there is computed alone while the others come from the cache."""
 from dataclasses import replace
 
 import pandas as pd
+import pytest
 
 from reproduce import evaluation, protocol, tables
 from reproduce.attacks import AttackSpec
@@ -111,3 +112,11 @@ def test_the_masking_report_of_a_table_reads_the_eps_curves_end_as_its_column(tm
     curve = eps_curve(run.model(sm_um), x, y, experiment=sm_um, store=run.store)
     assert extras.set_index("model").loc["SM-UM", "eps_end"] == list(curve.values())[-1]
     assert set(cells["column"]) >= {"pgd20", "pgd20_cw", "apgd_dlr", "apgd_t", "square", masking.WORST}
+    # the worst case is over the attacks at eps 8/255 only, never the eps curve's end at 128/255
+    from reproduce.audits import worst_case
+    from reproduce.evaluation import score_columns
+
+    at_eps = [s for s in masking.report_specs(run.profile) if s.column != protocol.EPS_END.spec(run.profile).column]
+    scores = score_columns(run.model(sm_um), x, y, at_eps, experiment=sm_um, store=run.store, per_example=True)
+    worst = cells[(cells["row"] == "SM-UM") & (cells["column"] == masking.WORST)]["accuracy"].item()
+    assert worst == pytest.approx(100 * worst_case(scores).float().mean().item())
