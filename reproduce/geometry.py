@@ -147,7 +147,9 @@ def feature_geometry(run, table1_cells: pd.DataFrame) -> pd.DataFrame:
         found = cached_value(run.store, exp, x, "geometry",
                              lambda m=model, k=exp.key: model_geometry(m, x, y, k, conditions))
         rows += [dict(model=exp.label, loss=exp.loss, defense=exp.defense, seed=exp.seed, condition=name,
-                      pgd20_accuracy=pgd20.get((exp.label, exp.seed)), **metrics) for name, metrics in found.items()]
+                      pgd20_accuracy=pgd20.get((exp.label, exp.seed)),
+                      **{k: metrics[k] for k in GEOMETRY_METRICS})  # in order: a cache's JSON sorts its keys
+                 for name, metrics in found.items()]
     df = pd.DataFrame(rows)
     df.to_csv(run.out_dir / "geometry.csv", index=False, float_format="%.3f")
     (run.out_dir / "geometry.md").write_text(geometry_markdown(df, run))
