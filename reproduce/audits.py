@@ -19,8 +19,9 @@ indicator fired or the per-image worst case lies below CE-PGD-20 beyond chance (
 sound otherwise.
 
 "Beyond chance" is McNemar's exact test on the images one attack breaks and the other leaves right
-(one-sided p < 0.025), with a floor on the gap: the masking report's rule (`masking.flags` calls the same
-functions). Every attack is seeded by `evaluation.column_seed`.
+(one-sided p < 0.025), with a floor on the gap. The masking report gives each model the verdict of the
+same code (`attack_indicators`, `verdict`) on what it measured. Every attack is seeded by
+`evaluation.column_seed`.
 """
 from __future__ import annotations
 
@@ -183,6 +184,64 @@ def eps_curve_flags(curve: dict, clean: float) -> list[str]:
     return reasons
 
 
+def attack_indicators(scores: dict, gradient: list, iterative: list, free: dict,
+                      not_run: str = "") -> tuple[dict, torch.Tensor]:
+    """(indicators, the per-image worst case over `gradient`): every indicator that the attacks' own
+    per-image scores give, one code for the audit and the masking report. `scores`: `score_columns`'
+    per-example result, CE-PGD-20 ("pgd20") among it; `gradient`: its columns of gradient attacks;
+    `iterative`: those of the CE attacks whose iterates the tables score (silent success); `free`: right per
+    image under the gradient-free attacks, {"square": ... (its first images), "transfer": ... (optional)}.
+    The indicators: scale-invariant losses against CE and gradient-free attacks against every gradient one
+    (paired, the audit's v1 rules), silent success, AutoAttack's zero DLR gradients and Square beating the
+    others, and Carlini et al.'s single step against the iterative attack and restarts."""
+    found = {}
+    invariant = [c for c in SCALE_INVARIANT if c in scores]
+    counts = {c: discordant(scores["pgd20"]["correct"], scores[c]["correct"]) for c in invariant}
+    reasons = attack_flags(counts, {c: scores[c]["n"] for c in invariant})
+    found["scale-invariant loss beats CE"] = indicator(
+        "scale-invariant loss beats CE", max([_gap(*counts[c], scores[c]["n"]) for c in invariant], default=0.0),
+        f"{MIN_GAP:g} points, p < {SIGNIFICANCE}", bool(reasons),
+        "; ".join(reasons or [compared(c, *counts[c], scores[c]["n"]) for c in invariant]) + not_run)
+    worst_gradient = worst_case({c: scores[c] for c in gradient})
+    counts = {c: discordant(worst_gradient, right) for c, right in free.items()}
+    reasons = attack_flags(counts, {c: len(free[c]) for c in free}, against="every gradient attack")
+    found["gradient-free beats gradients"] = indicator(
+        "gradient-free beats gradients", max(_gap(*counts[c], len(free[c])) for c in free),
+        f"{MIN_GAP:g} points, p < {SIGNIFICANCE}", bool(reasons), "; ".join(reasons) or (
+            ("Square and transfer break" if "transfer" in free else "Square breaks") + " no more images than the "
+            "gradient attacks, beyond chance" + ("" if "transfer" in free else " (no surrogate: transfer not run)")))
+    silent, _ = silent_success(scores, iterative)
+    found["silent success"] = indicator("silent success", silent, SILENT, silent > SILENT,
+                                        f"{silent:.1f}% of images were misclassified at an iterate of a CE attack "
+                                        "and right at its final one (the tables score the final iterate)")
+    dlr = zero_dlr_gradient_share(scores)
+    found["zero DLR gradients"] = indicator(
+        "zero DLR gradients", dlr, ZERO_DLR, dlr == dlr and dlr > ZERO_DLR,
+        "not measured (no DLR attack ran)" if dlr != dlr else
+        f"AutoAttack's check found a zero DLR input gradient on {dlr:.1f}% of images (DLR is flat where the true "
+        "class is not among the logits it compares)")
+    square_n = len(free["square"])
+    others = {c: 100.0 * scores[c]["correct"][:square_n].float().mean().item() for c in gradient}
+    square = 100.0 * free["square"].float().mean().item()
+    below = min(others.values()) - square
+    found["Square beats the others"] = indicator(
+        "Square beats the others", below, SQUARE_ALPHA, below > SQUARE_ALPHA,
+        f"Square {square:.1f}% against the strongest other attack's {min(others.values()):.1f}% on its "
+        f"{square_n} images")
+    found["single step beats iterative"] = _paired("single step beats iterative", scores, ["fgsm"], MIN_GAP)
+    found["restarts help"] = _paired("restarts help", scores, ["pgd20x20"], PAIRED_GAP)
+    return found, worst_gradient
+
+
+def _paired(name: str, scores: dict, candidates: list, floor: float) -> dict:
+    """The indicator `name`: the strongest of `candidates` against CE-PGD-20, image by image (`beats`)."""
+    n = len(scores["pgd20"]["correct"])
+    counts = {c: discordant(scores["pgd20"]["correct"], scores[c]["correct"]) for c in candidates}
+    best = max(candidates, key=lambda c: _gap(*counts[c], n))
+    stronger, gap, p = beats(*counts[best], n, floor)
+    return indicator(name, gap, f"{floor:g} points, p < {SIGNIFICANCE}", stronger, compared(best, *counts[best], n))
+
+
 def at_eps(spec: AttackSpec | None, eps: float) -> AttackSpec | None:
     """A spec of Table I or the masking report (built for eps 8/255) at `eps`, its step in proportion."""
     if spec is None or eps == spec.eps:
@@ -242,7 +301,7 @@ class Audit:
                                  "ci_high": c["high"]} for k, c in self.columns.items() if k != "clean"])
         figures.masking_report(summary, {c: self.title(c) for c in self.columns}, out / "audit_attacks.png",
                                profile=profile,
-                               flagged=["model"] if self.flagged else [],
+                               verdicts={"model": self.verdict},
                                title=f"Accuracy under each attack (eps {self.eps * 255:g}/255, {self.n} images)")
         labels = {"eps": ("eps (x 1/255)", False), "steps": ("PGD steps", True),
                   "logit_scale": ("attacker's logit scale T (CE of T x logits)", True)}
@@ -296,20 +355,8 @@ def audit(model, images, labels, eps: float = EPS, *, profile: Profile | str = "
     skipped = [s.column for s in gradient_specs + masking_specs if classes < _classes_needed(s)]
     scores = score_columns(model, images, labels, specs, key=key, progress=progress, per_example=True, **cached)
     n = len(labels)
-    gradient = {k: v for k, v in scores.items() if k in [s.column for s in gradient_specs + masking_specs]
-                and k not in ("clean", "square")}
-    found = {}
-
-    # the audit's own paired comparisons (v1): scale-invariant losses against CE, gradient-free against gradients
-    invariant = [c for c in SCALE_INVARIANT if c in scores]
-    counts = {c: discordant(scores["pgd20"]["correct"], scores[c]["correct"]) for c in invariant}
-    reasons = attack_flags(counts, {c: scores[c]["n"] for c in invariant})
-    not_run = f" ({', '.join(TITLES[c] for c in skipped)} not run: too few classes for DLR)" if skipped else ""
-    found["scale-invariant loss beats CE"] = indicator(
-        "scale-invariant loss beats CE", max([_gap(*counts[c], scores[c]["n"]) for c in invariant], default=0.0),
-        f"{MIN_GAP:g} points, p < {SIGNIFICANCE}", bool(reasons),
-        "; ".join(reasons or [compared(c, *counts[c], scores[c]["n"]) for c in invariant]) + not_run)
-    worst_gradient = worst_case(gradient)
+    gradient = [k for k in scores if k in {s.column for s in gradient_specs + masking_specs}
+                and k not in ("clean", "square")]
     m = min(n, profile.square_images or n)
     torch.manual_seed(column_seed(key, "noise"))
     noise = random_noise_right(model, images[:m], labels[:m], eps, noise_draws)
@@ -319,19 +366,11 @@ def audit(model, images, labels, eps: float = EPS, *, profile: Profile | str = "
         spec = next(s for s in gradient_specs if s.column == "pgd20x20")
         crafted = transfer_correct(surrogate, {"model": model, "surrogate": surrogate}, images, labels, spec)
         free["transfer"] = crafted["model"]
-    counts = {c: discordant(worst_gradient, right) for c, right in free.items()}
-    reasons = attack_flags(counts, {c: len(free[c]) for c in free}, against="every gradient attack")
-    found["gradient-free beats gradients"] = indicator(
-        "gradient-free beats gradients", max(_gap(*counts[c], len(free[c])) for c in free),
-        f"{MIN_GAP:g} points, p < {SIGNIFICANCE}", bool(reasons), "; ".join(reasons) or (
-            ("Square and transfer break" if surrogate is not None else "Square breaks") + " no more images than the "
-            "gradient attacks, beyond chance" + ("" if surrogate is not None else " (no surrogate: transfer not run)")))
+    iterative = [s.column for s in gradient_specs if s.name in ("bim", "pgd", "mim")]
+    not_run = f" ({', '.join(TITLES[c] for c in skipped)} not run: too few classes for DLR)" if skipped else ""
+    found, worst_gradient = attack_indicators(scores, gradient, iterative, free, not_run=not_run)
 
-    # Pintor et al.
-    silent, _ = silent_success(scores, [s.column for s in gradient_specs if s.name in ("bim", "pgd", "mim")])
-    found["silent success"] = indicator("silent success", silent, SILENT, silent > SILENT,
-                                        f"{silent:.1f}% of images were misclassified at an iterate of a CE attack "
-                                        "and right at its final one (the tables score the final iterate)")
+    # Pintor et al., from the model
     survivors = scores["pgd20"]["correct"].clone()
     torch.manual_seed(column_seed(key, "incomplete"))
     stuck = incomplete_optimisation(model, images[survivors], labels[survivors], base20) if survivors.any() else 0.0
@@ -378,36 +417,14 @@ def audit(model, images, labels, eps: float = EPS, *, profile: Profile | str = "
     found["gradients at inference"] = indicator(
         "gradients at inference", calls, "any call", calls > 0,
         f"{calls} calls of torch's gradient functions in one forward pass")
-    dlr = zero_dlr_gradient_share(scores)
-    found["zero DLR gradients"] = indicator(
-        "zero DLR gradients", dlr, ZERO_DLR, dlr == dlr and dlr > ZERO_DLR,
-        "not measured (no DLR attack ran)" if dlr != dlr else
-        f"AutoAttack's check found a zero DLR input gradient on {dlr:.1f}% of images (DLR is flat where the true "
-        "class is not among the logits it compares)")
-    others = {c: 100.0 * v["correct"][:len(free["square"])].float().mean().item() for c, v in gradient.items()}
-    square = 100.0 * free["square"].float().mean().item()
-    below = min(others.values()) - square
-    found["Square beats the others"] = indicator(
-        "Square beats the others", below, SQUARE_ALPHA, below > SQUARE_ALPHA,
-        f"Square {square:.1f}% against the strongest other attack's {min(others.values()):.1f}% on its "
-        f"{len(free['square'])} images")
 
     # Carlini et al.
-    pairs = {"single step beats iterative": ("pgd20", "fgsm", MIN_GAP),
-             "restarts help": ("pgd20", "pgd20x20", PAIRED_GAP),
-             "step size sweep helps": ("pgd20", None, PAIRED_GAP)}
     steps_points = {str(k): replace(base20, steps=k, label=f"pgd{k}") for k in iterations}
     curves = {"eps": eps_curve(model, images, labels, key=key, experiment=experiment, store=store)}  # any eps
     steps_scores = _points(model, images, labels, key, steps_points, specs, scores, cached)
     curves["steps"] = {x: v["final"] for x, v in steps_scores.items()}
     doubled = [(a, 2 * a) for a in iterations if 2 * a in iterations]
-    for name, (reference, other, floor) in pairs.items():
-        candidates = [other] if other else [s.column for s in sweep]
-        counts = {c: discordant(scores[reference]["correct"], scores[c]["correct"]) for c in candidates}
-        best = max(candidates, key=lambda c: _gap(*counts[c], n))
-        stronger, gap, p = beats(*counts[best], n, floor)
-        found[name] = indicator(name, gap, f"{floor:g} points, p < {SIGNIFICANCE}", stronger,
-                                compared(best, *counts[best], n))
+    found["step size sweep helps"] = _paired("step size sweep helps", scores, [c.column for c in sweep], PAIRED_GAP)
     if doubled:
         a, b = max(doubled)
         counts = discordant(steps_scores[str(a)]["correct"], steps_scores[str(b)]["correct"])
@@ -430,14 +447,14 @@ def audit(model, images, labels, eps: float = EPS, *, profile: Profile | str = "
                                      replace(base20, logit_scale=t, label=f"pgd20_T{t:g}") for t in LOGIT_SCALES},
         specs, scores, cached).items()}
 
-    columns = {k: _interval(v["final"], v["n"]) for k, v in scores.items() if k != "pgd20_unbounded"}
-    columns["noise"] = _interval(100.0 * noise.float().mean().item(), m)
+    columns = {k: accuracy_interval(v["final"], v["n"]) for k, v in scores.items() if k != "pgd20_unbounded"}
+    columns["noise"] = accuracy_interval(100.0 * noise.float().mean().item(), m)
     if "transfer" in free:
-        columns["transfer"] = _interval(100.0 * free["transfer"].float().mean().item(), n)
+        columns["transfer"] = accuracy_interval(100.0 * free["transfer"].float().mean().item(), n)
     every = worst_case({**{k: v for k, v in scores.items() if k != "pgd20_unbounded"},
                         **{c: {"correct_any_iterate": right} for c, right in free.items()},
                         "noise": {"correct_any_iterate": noise}})
-    columns["worst"] = _interval(100.0 * every.float().mean().item(), n)
+    columns["worst"] = accuracy_interval(100.0 * every.float().mean().item(), n)
     level, summary = verdict(found, discordant(scores["pgd20"]["correct"], every), n, columns["worst"])
     reasons = [f"{name}: {i['why']}" for name, i in found.items() if i["fired"]]
     return Audit(level != "sound", reasons, n, eps, columns, found, curves,
@@ -520,7 +537,7 @@ def _number(value) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
-def _interval(accuracy: float, n: int) -> dict:
+def accuracy_interval(accuracy: float, n: int) -> dict:
     low, high = wilson_interval(accuracy, n)
     return {"accuracy": round(accuracy, 2), "low": round(low, 2), "high": round(high, 2), "n": n}
 

@@ -176,10 +176,15 @@ def curve_panels(df, x: str, panel: str, hue: str, path=None, x_label: str = "",
     return save(grid.figure, path)
 
 
-def masking_report(summary, titles: dict, path=None, profile=None, flagged=(),
-                   title: str = "Under attacks built for the heads (red: flagged, CE-PGD-20 overstated it)"):
+VERDICT_COLOURS = {"masked": "firebrick", "incomplete": "darkorange"}  # a sound model's name stays black
+
+
+def masking_report(summary, titles: dict, path=None, profile=None, verdicts=None,
+                   title: str = "Under attacks built for the heads (name in red: masked; orange: incomplete)"):
     """Each model's accuracy under each attack of the masking report, with its 95% interval: a row per
-    model, a marker per attack (summary: row, column, mean, ci_low, ci_high). Flagged models in red."""
+    model, a marker per attack (summary: row, column, mean, ci_low, ci_high). A model's name is coloured
+    by its verdict ({model: "sound" | "incomplete" | "masked"})."""
+    verdicts = verdicts or {}
     models = list(dict.fromkeys(summary["row"]))
     attacks = list(dict.fromkeys(summary["column"]))
     fig, ax = plt.subplots(figsize=(7.5, 0.42 * len(models) + 1.6))
@@ -192,8 +197,7 @@ def masking_report(summary, titles: dict, path=None, profile=None, flagged=(),
                     label=titles.get(column, column))
     ax.set_yticks(range(len(models)), models)
     for label in ax.get_yticklabels():
-        if label.get_text() in flagged:
-            label.set_color("firebrick")
+        label.set_color(VERDICT_COLOURS.get(verdicts.get(label.get_text()), "black"))
     ax.invert_yaxis()
     ax.set_xlim(0, 100)
     ax.set_xlabel("accuracy (%) with its 95% interval")

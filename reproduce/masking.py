@@ -5,8 +5,8 @@ cross-entropy, so CE attacks may overstate their robustness. For every Table I m
 puts beside Table I's CE-PGD-20: PGD-20 on the CW margin, APGD on the DLR loss, targeted APGD, the
 gradient-free Square attack (on the first test images), the per-example worst case over every attack
 (Table I's and these), the share of test images whose CE input gradient is zero, the end of the eps
-curve, and the strongest transfer attack (Table III). A row is flagged, with the reason, when an attack
-built for the head or one that needs no gradient beats CE-PGD-20 beyond the two 95% intervals.
+curve, and the strongest transfer attack (Table III). Each model gets the audit's verdict (sound,
+incomplete or masked, with its reasons), computed by the audit's own code on what the report measured.
 
 The logit-scale sweep asks the same question another way: CE-PGD-20 with the attacker's temperature
 (logits multiplied by T before the loss); a robust model's accuracy does not depend on T.
@@ -24,12 +24,12 @@ import torch
 from . import audits, figures
 from .audits import MIN_GAP, ZERO_GRADIENT
 from .evaluation import cached_value, score_columns
+from .indicators import indicator, unavailable_gradients
 from .protocol import EPS_END, LOGIT_SCALES, MASKING_COLUMNS, PGD20_COLUMN, SCALE_SWEEP_MODELS, TABLE1, TABLE3, Table
 from .stats import wilson_interval
 from .tables import cell, compute, summarise
 
 WORST = "worst"  # the column of the per-example worst case
-STRONGER = ("pgd20_cw", "apgd_dlr", "apgd_t", "square")  # each compared with CE-PGD-20, image by image
 REPORT_COLUMNS = ("pgd20", "pgd20_cw", "apgd_dlr", "apgd_t", "square", WORST)
 TITLES = {"clean": "Clean", "pgd20": "CE-PGD-20", "pgd20_cw": "CW-PGD-20", "apgd_dlr": "APGD-DLR",
           "apgd_t": "APGD-T", "square": "Square", WORST: "worst case", "pgd20_on_square": "CE-PGD-20 (Square's images)",
@@ -42,23 +42,28 @@ def _pct(bits: torch.Tensor) -> float:
     return 100.0 * bits.float().mean().item() if len(bits) else float("nan")
 
 
-def report_cells(run, table: Table = TABLE1) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(cells, extras): the report's accuracies as table cells (row = model, a column per attack and the
-    worst case, one line per seed) and, per model and seed, the numbers that are not accuracies of one
-    attack (zero-gradient share, eps curve's end, transfer) with Square's images' CE-PGD-20. `table`: a
-    white-box table with Table I's columns whose models to report (transfer: Table I's only, from Table III)."""
+def report_cells(run, table: Table = TABLE1) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """(cells, extras, verdicts): the report's accuracies as table cells (row = model, a column per attack
+    and the worst case, one line per seed); per model and seed, the numbers that are not accuracies of one
+    attack (zero-gradient share, eps curve's end, transfer) with Square's images' CE-PGD-20; and each
+    model's verdict (`verdicts`). `table`: a white-box table with Table I's columns whose models to report
+    (transfer: Table I's only, from Table III)."""
     x, y = run.test_images()
     specs = report_specs(run.profile)
     transfer = _best_transfer(run) if table is TABLE1 else {}
-    records, extras = [], []
+    end = EPS_END.spec(run.profile).column  # an attack at eps 128/255: a check, not part of the worst case
+    records, extras, per_model = [], [], {}
     for exp in table.models(run):
         if not run.finished(exp):
             continue
         model = run.model(exp)
         scores = score_columns(model, x, y, specs, experiment=exp, store=run.store, progress=run.progress,
                                per_example=True)
-        end = EPS_END.spec(run.profile).column  # an attack at eps 128/255: a check, not part of the worst case
-        worst = audits.worst_case({c: v for c, v in scores.items() if c != end})
+        unavailable = cached_value(run.store, exp, x, "unavailable_gradients",
+                                   lambda m=model: list(unavailable_gradients(m, x, y)))
+        kept = {c: v for c, v in scores.items() if c != end}
+        per_model.setdefault(exp.label, []).append((kept, unavailable))
+        worst = audits.worst_case(kept)
         square_n = scores["square"]["n"]
         for column in REPORT_COLUMNS:
             value = _pct(worst) if column == WORST else scores[column]["final"]
@@ -66,14 +71,14 @@ def report_cells(run, table: Table = TABLE1) -> tuple[pd.DataFrame, pd.DataFrame
                                 _pct(worst) if column == WORST else scores[column]["any_iterate"]))
         records.append(cell(exp.label, "pgd20_on_square", exp.seed, _pct(scores["pgd20"]["correct"][:square_n]),
                             square_n))
-        counts = {f"{c}_{k}": v for c, pair in discordant(scores).items() for k, v in zip(("breaks", "spares"), pair)}
         extras.append({"model": exp.label, "seed": exp.seed, "clean": scores["clean"]["final"],
                        "zero_gradient": cached_value(run.store, exp, x, "zero_gradient",
                                                      lambda m=model: audits.zero_gradient_share(m, x, y)),
                        "zero_dlr_gradient": audits.zero_dlr_gradient_share(scores),
                        "eps_end": scores[end]["final"], "transfer": transfer.get((exp.label, exp.seed)),
-                       "white_20pgd": scores["pgd20x20"]["final"], **counts})
-    return pd.DataFrame(records), pd.DataFrame(extras)
+                       "white_20pgd": scores["pgd20x20"]["final"]})
+    extras = pd.DataFrame(extras)
+    return pd.DataFrame(records), extras, verdicts(per_model, extras, run.profile)
 
 
 def report_specs(profile) -> list:
@@ -91,30 +96,53 @@ def _best_transfer(run) -> dict:
     return {(r, s): float(g["accuracy"].min()) for (r, s), g in cells.groupby(["row", "seed"])}
 
 
-def discordant(scores: dict) -> dict:
-    """{column: (images it breaks that CE-PGD-20 leaves right, images CE-PGD-20 breaks that it leaves
-    right)} for each of STRONGER, on the images both scored (Square: its first ones); `audits.discordant`."""
-    return {c: audits.discordant(scores["pgd20"]["correct"], scores[c]["correct"]) for c in STRONGER}
-
-
-def flags(summary: pd.DataFrame, extras: pd.DataFrame) -> dict:
-    """{model: [reason]}: where an attack built for the head, or a gradient-free one (Square, transfer),
-    beats CE-PGD-20 by MIN_GAP points or more, beyond chance. The report's attacks and CE-PGD-20 score
-    the same images, so the test is paired: McNemar's exact test on the images one breaks and the other
-    leaves right (one-sided p < 0.025, the paired 95% interval above zero; Square on its own images;
-    seeds pooled). Transfer has no per-image record: flagged when its Wilson interval lies wholly below
-    white-box 20PGD's."""
-    s = summary.set_index(["row", "column"])
+def pooled(seeds: list) -> dict:
+    """One model's per-example scores over its seeds as one set of images: each column's bits laid end to
+    end, the first images of every seed (those Square scores) ahead of the rest, so that Square's bits stay
+    aligned with the other columns' (`audits.discordant` compares the first len(Square) images)."""
+    k = seeds[0]["square"]["n"]
     out = {}
-    for model in pd.unique(summary["row"]):
+    for column in seeds[0]:
+        out[column] = {"n": sum(s[column]["n"] for s in seeds)}
+        for bits in ("correct", "correct_any_iterate"):
+            parts = [s[column][bits] for s in seeds]
+            out[column][bits] = torch.cat([p[:k] for p in parts] + [p[k:] for p in parts])
+        dlr = [s[column].get("zero_dlr_gradient") for s in seeds]
+        out[column]["zero_dlr_gradient"] = None if None in dlr else sum(dlr)
+    return out
+
+
+def verdicts(per_model: dict, extras: pd.DataFrame, profile) -> dict:
+    """{model: (verdict, its sentence, indicators)}, the audit's (`audits.attack_indicators`, `audits.verdict`)
+    on what the report measured, seeds pooled: every indicator the attacks' per-image scores give, the
+    unavailable gradients (`indicators.unavailable_gradients`), and the transfer attack as a gradient-free
+    one (Table III has no per-image record: it counts when its Wilson interval lies wholly below white-box
+    20PGD's). The model-side checks of the audit (random noise, unstable predictions, the unbounded attack,
+    AutoAttack's checks of the model) are `python -m reproduce audit`'s."""
+    iterative = [s.column for s in TABLE1.specs(profile) if s.name in ("bim", "pgd", "mim")]
+    out = {}
+    for model, seeds in per_model.items():
+        scores = pooled([s for s, _ in seeds])
+        gradient = [c for c in scores if c not in ("clean", "square")]
+        found, _ = audits.attack_indicators(scores, gradient, iterative,
+                                            {"square": scores["square"]["correct_any_iterate"]})
         rows = extras[extras["model"] == model]
-        counts = {c: (int(rows[f"{c}_breaks"].sum()), int(rows[f"{c}_spares"].sum())) for c in STRONGER}
-        reasons = audits.attack_flags(counts, {c: int(s.loc[(model, c), "n_images"]) * len(rows) for c in STRONGER})
         transfer, white = rows["transfer"].astype(float).mean(), rows["white_20pgd"].mean()
-        n = int(s.loc[(model, "pgd20"), "n_images"])
+        n = len(scores["pgd20"]["correct"])
         if pd.notna(transfer) and wilson_interval(transfer, n)[1] < wilson_interval(white, n)[0]:
-            reasons.append(f"transfer 20PGD {transfer:.1f}% < white-box 20PGD {white:.1f}%")
-        out[model] = reasons
+            free = found["gradient-free beats gradients"]
+            free.update(fired=True, why=f"transfer 20PGD {transfer:.1f}% < white-box 20PGD {white:.1f}% (Wilson "
+                                        f"intervals); {free['why']}")
+        interrupted = any(u[0] for _, u in seeds)
+        zero = sum(u[1] for _, u in seeds) / len(seeds)
+        found["unavailable gradients"] = indicator(
+            "unavailable gradients", zero, "any image, or no graph", interrupted or zero > 0,
+            "the input gradient cannot be computed" if interrupted else
+            f"{zero:.1f}% of images have an all-zero CE input gradient at the predicted class")
+        every = audits.worst_case(scores)
+        worst = audits.accuracy_interval(100.0 * every.float().mean().item(), n)
+        level, sentence = audits.verdict(found, audits.discordant(scores["pgd20"]["correct"], every), n, worst)
+        out[model] = (level, sentence, found)
     return out
 
 
@@ -123,18 +151,19 @@ def masking_report(run, table: Table = TABLE1) -> tuple[pd.DataFrame, pd.DataFra
     masking_report.csv (a row per model: each accuracy, the extras, the flag and its reasons),
     masking_report_intervals.csv (each cell's mean and 95% interval), masking_report.md and
     fig_masking_report.png (another table's: masking_report_<name>.*); returns (the wide table, its cells)."""
-    cells, extras = report_cells(run, table)
+    cells, extras, found = report_cells(run, table)
     if cells.empty:
         raise RuntimeError(f"no {table.name} model is trained: run notebook {table.trained_in} (or `python -m "
                            f"reproduce grid --table {table.name}`) first")
     summary = summarise(cells)
-    reasons = flags(summary, extras)
     wide = summary.pivot(index="row", columns="column", values="mean").reindex(
         index=pd.unique(cells["row"]), columns=list(REPORT_COLUMNS) + ["pgd20_on_square"])
     more = extras.drop(columns="seed").groupby("model", sort=False).mean()
     wide = wide.join(more[["clean", "zero_gradient", "zero_dlr_gradient", "eps_end", "transfer", "white_20pgd"]])
-    wide["flagged"] = [bool(reasons[m]) for m in wide.index]
-    wide["reason"] = ["; ".join(reasons[m]) for m in wide.index]
+    wide["verdict"] = [found[m][0] for m in wide.index]
+    wide["flagged"] = wide["verdict"] != "sound"
+    wide["reason"] = [found[m][1] for m in wide.index]
+    wide["indicators"] = ["; ".join(k for k, i in found[m][2].items() if i["fired"]) for m in wide.index]
     wide.index.name = "model"
     out = run.out_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -143,7 +172,7 @@ def masking_report(run, table: Table = TABLE1) -> tuple[pd.DataFrame, pd.DataFra
     summary.rename(columns={"row": "model"}).to_csv(out / f"{stem}_intervals.csv", index=False, float_format="%.2f")
     (out / f"{stem}.md").write_text(markdown(wide, summary, run, table))
     figures.masking_report(summary[summary["column"].isin(REPORT_COLUMNS)], TITLES, out / f"fig_{stem}.png",
-                           profile=run.profile, flagged=[m for m in wide.index if reasons[m]])
+                           profile=run.profile, verdicts=dict(wide["verdict"]))
     return wide, cells
 
 
@@ -155,7 +184,7 @@ def markdown(wide: pd.DataFrame, summary: pd.DataFrame, run, table: Table = TABL
     whose = "Table I's models" if table is TABLE1 else f"the models of {table.title.split(':')[0]}"
     lines = [f"### Gradient-masking report: {whose} under attacks built for their heads", "",
              "| model | " + " | ".join(TITLES[c] for c in cols) + " | zero CE gradient | zero DLR gradient | "
-             "PGD-7 at 128/255 | best transfer / white-box 20PGD | flag |", "|" + "---|" * (len(cols) + 6)]
+             "PGD-7 at 128/255 | best transfer / white-box 20PGD | verdict |", "|" + "---|" * (len(cols) + 6)]
     for model, row in wide.iterrows():
         values = []
         for c in cols:
@@ -165,7 +194,7 @@ def markdown(wide: pd.DataFrame, summary: pd.DataFrame, run, table: Table = TABL
             v = s.loc[(model, c)]
             values.append(f"{v['mean']:.1f} ±{(v['ci_high'] - v['ci_low']) / 2:.1f}")
         transfer = "-" if pd.isna(row["transfer"]) else f"{row['transfer']:.1f}"
-        flag = f"**{row['reason']}**" if row["flagged"] else "-"
+        flag = f"**{row['verdict']}**: {row['reason']}" if row["flagged"] else "sound"
         dlr = "-" if pd.isna(row["zero_dlr_gradient"]) else f"{row['zero_dlr_gradient']:.1f}%"
         lines.append(f"| {model} | " + " | ".join(values) + f" | {row['zero_gradient']:.1f}% | {dlr} | "
                      f"{row['eps_end']:.1f} | {transfer} / {row['white_20pgd']:.1f} | {flag} |")
@@ -176,12 +205,15 @@ def markdown(wide: pd.DataFrame, summary: pd.DataFrame, run, table: Table = TABL
               f"{prof.apgd_steps} iterations, APGD-T and Square through AutoAttack's reference code (pyautoattack).",
               "- worst case: an image counts only if it survives every attack of Table I and of this report "
               "(each at its any-iterate score).",
-              "- ± is half the 95% interval (Wilson with one seed). A row is flagged when CW-PGD-20, APGD-DLR, APGD-T "
-              f"or Square leaves at least {MIN_GAP:g} points fewer images right than CE-PGD-20, beyond chance (the "
-              "same images, compared image by image: McNemar's exact test, one-sided p < 0.025; Square on its own "
-              "images), or when the best "
-              "transfer attack (Table III) lies wholly below white-box 20PGD's interval: the CE gradients "
-              "overstated that model's robustness.",
+              "- ± is half the 95% interval (Wilson with one seed). The verdict is the audit's (`python -m "
+              "reproduce audit`, docs/audit.md), computed by the same code on what this report measured (seeds "
+              "pooled): **masked** where signs of two independent kinds agree; **incomplete** where any sign fired "
+              f"(an attack built for the head at least {MIN_GAP:g} points below CE-PGD-20 beyond chance, image by "
+              "image; Square or a transfer attack beating every gradient attack; silent success; many zero DLR "
+              "gradients; Square beating the others; FGSM or restarts beating PGD-20; a zero CE input gradient) or "
+              "the per-image worst case lies below CE-PGD-20 beyond chance: then the worst case is the number to "
+              "quote; **sound** otherwise. The audit adds the checks that need the model itself (random noise, "
+              "unstable predictions, an unbounded attack, AutoAttack's checks of the model).",
               f"- zero CE gradient: the share of clean test images whose CE input gradient is zero (every entry below "
               f"{ZERO_GRADIENT:g}), where CE attacks cannot move.",
               "- zero DLR gradient: the share of test images on which AutoAttack's own check (pyautoattack's "

@@ -107,7 +107,7 @@ def test_the_masking_report_of_a_table_reads_the_eps_curves_end_as_its_column(tm
                                                   apgd_steps=2, apgd_targets=2, square_queries=5, square_images=8))
     sm_um = next(e for e in protocol.TABLE1.models(run) if e.label == "SM-UM")
     train(sm_um, run.store, data=run.data, device="cpu", progress=False)
-    cells, extras = masking.report_cells(run, protocol.BEYOND)
+    cells, extras, verdicts = masking.report_cells(run, protocol.BEYOND)
     x, y = run.test_images()
     curve = eps_curve(run.model(sm_um), x, y, experiment=sm_um, store=run.store)
     assert extras.set_index("model").loc["SM-UM", "eps_end"] == list(curve.values())[-1]
@@ -120,3 +120,39 @@ def test_the_masking_report_of_a_table_reads_the_eps_curves_end_as_its_column(tm
     scores = score_columns(run.model(sm_um), x, y, at_eps, experiment=sm_um, store=run.store, per_example=True)
     worst = cells[(cells["row"] == "SM-UM") & (cells["column"] == masking.WORST)]["accuracy"].item()
     assert worst == pytest.approx(100 * worst_case(scores).float().mean().item())
+    # its verdict is the audit's code on the same scores, with the audit's unavailable-gradients indicator
+    from reproduce import audits
+    from reproduce.indicators import unavailable_gradients
+
+    level, sentence, found = verdicts["SM-UM"]
+    iterative = [s.column for s in protocol.TABLE1.specs(run.profile) if s.name in ("bim", "pgd", "mim")]
+    expected, _ = audits.attack_indicators(scores, [c for c in scores if c not in ("clean", "square")], iterative,
+                                           {"square": scores["square"]["correct_any_iterate"]})
+    assert {k: i["fired"] for k, i in expected.items()} == {k: found[k]["fired"] for k in expected}
+    assert found["unavailable gradients"]["value"] == pytest.approx(unavailable_gradients(run.model(sm_um), x, y)[1])
+    assert level in ("sound", "incomplete", "masked") and sentence.startswith(
+        {"sound": "sound", "incomplete": "the evaluation is incomplete", "masked": "gradient masking"}[level])
+
+
+def test_a_models_seeds_pool_with_squares_images_aligned():
+    """Seeds pooled for the report's verdict: every paired count and the worst case are the sums over
+    seeds, though Square scores only each seed's first images."""
+    import torch
+
+    from reproduce.audits import discordant, worst_case
+    from reproduce.masking import pooled
+
+    g = torch.Generator().manual_seed(0)
+
+    def seed():
+        bits = {c: torch.rand(n, generator=g) < 0.5 for c, n in (("pgd20", 8), ("apgd_dlr", 8), ("square", 3))}
+        return {c: {"correct": b, "correct_any_iterate": b & (torch.rand(len(b), generator=g) < 0.8), "n": len(b),
+                    **({"zero_dlr_gradient": 2} if c == "apgd_dlr" else {})} for c, b in bits.items()}
+
+    seeds = [seed(), seed()]
+    both = pooled(seeds)
+    for column in ("apgd_dlr", "square"):
+        pairs = [discordant(s["pgd20"]["correct"], s[column]["correct"]) for s in seeds]
+        assert discordant(both["pgd20"]["correct"], both[column]["correct"]) == tuple(map(sum, zip(*pairs)))
+    assert int(worst_case(both).sum()) == sum(int(worst_case(s).sum()) for s in seeds)
+    assert both["square"]["n"] == 6 and both["pgd20"]["n"] == 16 and both["apgd_dlr"]["zero_dlr_gradient"] == 4
