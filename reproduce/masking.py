@@ -206,13 +206,13 @@ def markdown(wide: pd.DataFrame, summary: pd.DataFrame, run, table: Table = TABL
               "- worst case: an image counts only if it survives every attack of Table I and of this report "
               "(each at its any-iterate score).",
               "- ± is half the 95% interval (Wilson with one seed). The verdict is the audit's (`python -m "
-              "reproduce audit`, docs/audit.md), computed by the same code on what this report measured (seeds "
-              "pooled): **masked** where signs of two independent kinds agree; **incomplete** where any sign fired "
+              "reproduce audit`, docs/audit.md), computed by the same code on what this report measured, seeds "
+              "pooled. It says masked where signs of two independent kinds agree; incomplete where any sign fired "
               f"(an attack built for the head at least {MIN_GAP:g} points below CE-PGD-20 beyond chance, image by "
               "image; Square or a transfer attack beating every gradient attack; silent success; many zero DLR "
               "gradients; Square beating the others; FGSM or restarts beating PGD-20; a zero CE input gradient) or "
               "the per-image worst case lies below CE-PGD-20 beyond chance: then the worst case is the number to "
-              "quote; **sound** otherwise. The audit adds the checks that need the model itself (random noise, "
+              "quote; sound otherwise. The audit adds the checks that need the model itself (random noise, "
               "unstable predictions, an unbounded attack, AutoAttack's checks of the model).",
               f"- zero CE gradient: the share of clean test images whose CE input gradient is zero (every entry below "
               f"{ZERO_GRADIENT:g}), where CE attacks cannot move.",
