@@ -233,6 +233,13 @@ def attack_indicators(scores: dict, gradient: list, iterative: list, free: dict,
     return found, worst_gradient
 
 
+def unavailable_indicator(interrupted: bool, zero: float) -> dict:
+    """Pintor et al.'s unavailable gradients from `indicators.unavailable_gradients`' two metrics."""
+    return indicator("unavailable gradients", zero, "any image, or no graph", interrupted or zero > 0,
+                     "the input gradient cannot be computed" if interrupted else
+                     f"{zero:.1f}% of images have an all-zero CE input gradient at the predicted class")
+
+
 def _paired(name: str, scores: dict, candidates: list, floor: float) -> dict:
     """The indicator `name`: the strongest of `candidates` against CE-PGD-20, image by image (`beats`)."""
     n = len(scores["pgd20"]["correct"])
@@ -383,11 +390,7 @@ def audit(model, images, labels, eps: float = EPS, *, profile: Profile | str = "
             "transfer failure", failed, None, False, f"{failed:.1f}% of the surrogate's 20PGD images fool it and not "
             "the model (information: a surrogate of another model, not the model's own approximation, fails so by "
             "design)")
-    interrupted, zero = unavailable_gradients(model, images, labels)
-    found["unavailable gradients"] = indicator(
-        "unavailable gradients", zero, "any image, or no graph", interrupted or zero > 0,
-        "the input gradient cannot be computed" if interrupted else
-        f"{zero:.1f}% of images have an all-zero CE input gradient at the predicted class")
+    found["unavailable gradients"] = unavailable_indicator(*unavailable_gradients(model, images, labels))
     torch.manual_seed(column_seed(key, "unstable"))
     unstable = unstable_predictions(model, images[:m], labels[:m], eps, unstable_draws)
     found["unstable predictions"] = indicator(

@@ -24,7 +24,7 @@ import torch
 from . import audits, figures
 from .audits import MIN_GAP, ZERO_GRADIENT
 from .evaluation import cached_value, score_columns
-from .indicators import indicator, unavailable_gradients
+from .indicators import unavailable_gradients
 from .protocol import EPS_END, LOGIT_SCALES, MASKING_COLUMNS, PGD20_COLUMN, SCALE_SWEEP_MODELS, TABLE1, TABLE3, Table
 from .stats import wilson_interval
 from .tables import cell, compute, summarise
@@ -133,12 +133,8 @@ def verdicts(per_model: dict, extras: pd.DataFrame, profile) -> dict:
             free = found["gradient-free beats gradients"]
             free.update(fired=True, why=f"transfer 20PGD {transfer:.1f}% < white-box 20PGD {white:.1f}% (Wilson "
                                         f"intervals); {free['why']}")
-        interrupted = any(u[0] for _, u in seeds)
-        zero = sum(u[1] for _, u in seeds) / len(seeds)
-        found["unavailable gradients"] = indicator(
-            "unavailable gradients", zero, "any image, or no graph", interrupted or zero > 0,
-            "the input gradient cannot be computed" if interrupted else
-            f"{zero:.1f}% of images have an all-zero CE input gradient at the predicted class")
+        found["unavailable gradients"] = audits.unavailable_indicator(any(u[0] for _, u in seeds),
+                                                                     sum(u[1] for _, u in seeds) / len(seeds))
         every = audits.worst_case(scores)
         worst = audits.accuracy_interval(100.0 * every.float().mean().item(), n)
         level, sentence = audits.verdict(found, audits.discordant(scores["pgd20"]["correct"], every), n, worst)
@@ -148,7 +144,7 @@ def verdicts(per_model: dict, extras: pd.DataFrame, profile) -> dict:
 
 def masking_report(run, table: Table = TABLE1) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The masking report of every trained model of `table` (Table I's by default): writes
-    masking_report.csv (a row per model: each accuracy, the extras, the flag and its reasons),
+    masking_report.csv (a row per model: each accuracy, the extras, the verdict, its sentence and indicators),
     masking_report_intervals.csv (each cell's mean and 95% interval), masking_report.md and
     fig_masking_report.png (another table's: masking_report_<name>.*); returns (the wide table, its cells)."""
     cells, extras, found = report_cells(run, table)

@@ -133,6 +133,24 @@ def test_autoattacks_checks_as_the_source_runs_them(plain):
     assert indicators.gradients_at_inference(controls.Behind(plain, "denoised"), x) > 0
 
 
+def test_a_torchscript_model_behind_noise_or_a_softmax_is_caught(plain, tmp_path):
+    """A model saved and loaded as TorchScript, with Gaussian noise at inference or a softmax on its outputs:
+    AutoAttack's checks fire on it as on the Python module (its code is not Python, its outputs are)."""
+    x, y = controls.synthetic_data(20, seed=7)
+    for kind, check in (("noisy", lambda m: indicators.randomised_outputs(m, x, y) > indicators.RANDOM_ALPHA),
+                        ("probabilities", lambda m: indicators.probability_outputs(m, x))):
+        path = tmp_path / f"{kind}.pt"
+        torch.jit.save(torch.jit.trace(controls.Behind(plain, kind).eval(), x, check_trace=False), path)
+        scripted = torch.jit.load(path)
+        assert check(scripted), kind
+        assert not check(torch.jit.load(_saved(plain, tmp_path / "plain.pt")))
+
+
+def _saved(model, path):
+    torch.jit.save(torch.jit.trace(model.eval(), controls.synthetic_data(4)[0]), path)
+    return path
+
+
 def test_silent_success_unavailable_gradients_and_unconstrained_failure_by_hand(plain):
     right = torch.tensor([True, True, False, False])
     columns = {"a": {"correct": right, "correct_any_iterate": torch.tensor([True, False, False, False])},

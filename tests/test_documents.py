@@ -146,9 +146,12 @@ def test_the_masking_reports_prose_is_its_csv():
     found = re.search(r"the largest loss to an attack built for the heads is (\S+?)'s ([\d.]+) points on (\S+?)[,.;]",
                       prose())
     assert found and found.groups() == (TITLES[column], f"{gap:.1f}", model)
-    flagged = sorted(report.index[report["flagged"]])
-    words = re.search(r"models flagged on this run: ([^.]*)\.", prose()).group(1)
-    assert words == (", ".join(flagged) if flagged else "none")
+    assert list(report["flagged"]) == list(report["verdict"] != "sound")
+    for verdict in ("masked", "incomplete"):
+        called = list(report.index[report["verdict"] == verdict])
+        words = re.search(rf"verdicts on this run: .*?{verdict}: ([^;(]*?)[;(]", prose()).group(1).strip()
+        assert words == (", ".join(called) if called else "none"), verdict
+    assert f"the other {int((report['verdict'] == 'sound').sum())} are sound" in prose().replace("nine", "9")
 
 
 def test_the_seeds_prose_is_the_seeds_table():
