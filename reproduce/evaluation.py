@@ -287,6 +287,7 @@ def score_columns(model, images, labels, specs, *, experiment=None, store: RunSt
     written to, its own cache in the run's eval/ folder (a column another process is computing is waited
     for, or with `wait_for_claim=False` left out); else it is computed here. With `per_example`, also
     "correct" and "correct_any_iterate", a bool per image (a cache written without them is computed again)."""
+    key = experiment.key if experiment is not None else key  # the experiment's seeds, with or without a store
     row = {}
     for spec in [None] + list(specs):
         column = "clean" if spec is None else spec.column

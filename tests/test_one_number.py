@@ -83,7 +83,8 @@ def test_every_path_gives_one_model_the_same_row(trained, tmp_path, capsys):
     assert not (tmp_path / "empty").exists()  # nothing written into a store
     rows = [table, _csv_row(tmp_path / "label.csv"), _csv_row(tmp_path / "dir.csv"), exported,
             _csv_row(tmp_path / "export.csv")]
-    assert all(r == rows[0] for r in rows), rows
+    differ = [{k: (v, r.get(k)) for k, v in rows[0].items() if r.get(k) != v} for r in rows]
+    assert not any(differ), differ  # (the table's value, the path's)
     x, y = context.test_images()
     assert rows[0]["clean"] == pytest.approx(accuracy(run.model, x, y), abs=0.01)  # clean: computed another way
     assert rows[0]["pgd20"] < rows[0]["clean"]  # the attacks did attack
@@ -214,3 +215,16 @@ def test_every_run_records_its_versions_and_machine(trained):
     env = trained[3].result["environment"]
     assert env["torch"] == torch.__version__ and env["python"] == platform.python_version()
     assert env["threads"] == torch.get_num_threads() and env["device_name"]
+
+
+def test_an_experiment_without_a_store_is_seeded_from_its_key(monkeypatch):
+    """`score_columns` given an experiment and no store (evaluate on an export folder) seeds every column
+    from the experiment's key, as with a store, not from the key of a module of no experiment."""
+    from reproduce import evaluation
+
+    seen = []
+    monkeypatch.setattr(evaluation, "_score_column", lambda model, x, y, spec, key, **kw: seen.append(key) or {})
+    exp = make_experiment("SM", "UM", "smoke", "fashion-mnist", **SETTINGS)
+    evaluation.score_columns(None, None, None, [None], experiment=exp)
+    evaluation.score_columns(None, None, None, [None])
+    assert seen == [exp.key, exp.key, evaluation.FOREIGN_KEY, evaluation.FOREIGN_KEY]
