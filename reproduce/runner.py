@@ -22,13 +22,13 @@ from .report import git_commit, now, update_manifest
 NOTEBOOKS = ("01_losses.ipynb", "02_training.ipynb", "03_white_box.ipynb", "04_black_box.ipynb",
              "05_hyperparameter_sweeps.ipynb", "06_appendix_ablations.ipynb", "07_beyond_the_paper.ipynb")
 # What a notebook reads that an earlier one writes: 03 evaluates 02's models and 04 reads 02's surrogates
-# and 03's Table I; 07 shares four of 02's models and their columns and masking attacks, which 03 computes
-# (after both, they come from the store's caches). Other notebooks share models only through the store
-# (05 uses 02's AAML-AT, 06 one of 01's planes), whose claim locks let one process train a model while
-# another waits for it.
+# and 03's Table I; 07 shares four of 02's models. Other notebooks share models and columns only through
+# the store, whose claim locks let one process train a model or score a column while another waits for it:
+# 05 uses 02's AAML-AT, 06 one of 01's planes, and 07 the columns and masking attacks of the four shared
+# models, which 03 scores too (07 runs beside 03 and fills the core 03's single-process steps leave idle).
 NEEDS = {"03_white_box.ipynb": ("02_training.ipynb",),
          "04_black_box.ipynb": ("02_training.ipynb", "03_white_box.ipynb"),
-         "07_beyond_the_paper.ipynb": ("02_training.ipynb", "03_white_box.ipynb")}
+         "07_beyond_the_paper.ipynb": ("02_training.ipynb",)}
 LAST = "07_beyond_the_paper.ipynb"
 
 
@@ -172,8 +172,8 @@ def run_notebooks(profile: str | None = None, dataset: str | None = None, *, dev
     def arguments(name):
         # A notebook others wait for (02, 03) trains or evaluates its grid with `parallel` worker processes
         # (executors.py: bitwise what one process gives), so it also takes the cores the notebook beside it
-        # leaves idle and the ones after it start sooner; so does the last one (07), which waits for 03 and
-        # then runs alone beside a short 04.
+        # leaves idle and the ones after it start sooner; so does the last one (07), which runs beside 03's
+        # end and then beside a short 04.
         mine = dict(params, executor="local", workers=parallel) if parallel > 1 and name in with_workers else params
         return name, notebooks_dir, executed_dir, mine, quiet, threads
 

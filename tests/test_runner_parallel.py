@@ -46,8 +46,8 @@ def test_two_at_once_each_at_one_thread_after_what_they_read(tmp_path, capsys):
     times = _times(books)
     assert set(times) == set(NOTEBOOKS)
     assert all(t["threads"] == "1" for t in times.values())
-    # the notebooks others wait for (02 and 03) and the last one (07, alone beside a short 04 once 03 has
-    # ended) ran their grids with two workers; the others as they are
+    # the notebooks others wait for (02 and 03) and the last one (07, beside 03's end and a short 04) ran
+    # their grids with two workers; the others as they are
     assert {n for n, t in times.items() if t["workers"] == 2} == {"02_training.ipynb", "03_white_box.ipynb",
                                                                   "07_beyond_the_paper.ipynb"}
     for name, needs in runner.NEEDS.items():  # a notebook began after each one it reads had ended
