@@ -304,8 +304,10 @@ def autoattack(model, x, y, spec: AttackSpec, start=None, stop_when_broken: bool
 
     # Its dynamic-defence check counts gradient calls in a module-level dict that it never resets: after one
     # model that takes a gradient in its forward (the audit's controls), every later model in the process
-    # would be called "a dynamic defense". Each run counts its own model's calls.
-    checks.funcs.update(dict.fromkeys(checks.funcs, 0))
+    # would be called "a dynamic defense". Each run counts its own model's calls (a version without the dict
+    # has nothing to reset).
+    counts = getattr(checks, "funcs", {})
+    counts.update(dict.fromkeys(counts, 0))
     device = x.device
     if spec.version == "standard":
         atk = AutoAttack(model, norm="Linf", eps=spec.eps, version="standard", seed=0, device=device)
