@@ -37,7 +37,7 @@ results:
 
 test: $(VENV)/.installed
 	$(PY) -m ruff check reproduce tests
-	$(PY) -m pytest -q -n auto --dist loadfile tests  # a worker per core, a file per worker (tests/conftest.py)
+	$(PY) -m pytest -q -n auto --dist loadfile --no-loadscope-reorder tests  # a worker per core, a file per worker, the longest files first (tests/conftest.py)
 
 # The grid on a single-node Slurm cluster of this machine (scripts/slurm-local.sh; Debian's slurmctld, slurmd,
 # slurm-client and munge, as root): job arrays, a cancelled and a requeued task, two commands at once.

@@ -37,7 +37,7 @@ if [ "$MODE" = --tiny ]; then
   export REPRODUCE_COMPILE_BACKEND=aot_eager
   DEVICE=cpu PROFILE=smoke BENCH=--smoke TESTS=(-k crop_and_flip) FILL=(--workers 2)
   BUDGET=(--budget compile=true --budget width=4 --budget epochs=1 --budget train_limit=300 --budget adv_train_limit=100
-          --budget val_limit=100 --budget test_limit=50 --budget restarts=1 --budget mim_steps=5
+          --budget val_limit=100 --budget test_limit=20 --budget restarts=1 --budget mim_steps=5
           --budget autoattack_steps=5 --budget apgd_steps=5 --budget square_queries=30 --budget square_images=20)
   FILL_BUDGET=(--budget width=4 --budget epochs=1 --budget train_limit=300 --budget val_limit=100)
 else

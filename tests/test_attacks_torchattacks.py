@@ -111,8 +111,9 @@ def test_standard_autoattack_is_at_least_as_strong_as_torchattacks(small_model, 
     """The standard version (the reference: 100 APGD iterations) against torchattacks' (10), at an eps
     where images survive APGD-CE, so the targeted attacks and Square have work: never weaker beyond one
     image, and inside the eps-ball. On the small CNN (Square's 5000 queries on every survivor made this
-    the suite's dearest test on the ResNet), which 8/255 hardly touches: 12/255 breaks about a quarter."""
-    x, y = batch[0][:24], batch[1][:24]
+    the suite's dearest test on the ResNet), which 8/255 hardly touches: 12/255 breaks about a quarter.
+    Twelve images: Square's queries cost in proportion to the survivors (24 images took twice as long)."""
+    x, y = batch[0][:12], batch[1][:12]
     clean = _acc(small_model, x, y)
     for eps in (12 / 255, 16 / 255):  # the first that breaks some (the model's weights vary with the thread count)
         theirs = torchattacks.AutoAttack(small_model, eps=eps, version="standard", n_classes=10, seed=0)(x, y)

@@ -49,7 +49,7 @@ def test_gpu_check_rehearses_every_step_on_the_cpu(tmp_path):
     # every step's time, images per second and device, from what each run recorded
     summary = json.loads((out / "summary.json").read_text())
     assert list(summary) == ["device-tests", "bench", "fill", "plan", "table1", "audit"]
-    assert summary["audit"]["n"] == 50 and isinstance(summary["audit"]["flagged"], bool)
+    assert summary["audit"]["n"] == 20 and isinstance(summary["audit"]["flagged"], bool)
     assert all(s["status"] == "passed" and s["seconds"] >= 0 for s in summary.values())
     assert summary["fill"]["workers"]["models"] == 5 and summary["fill"]["one_process"]["images_per_s_together"] > 0
     assert summary["table1"]["models"] == 4 and summary["table1"]["compiled"] == ["compiled (aot_eager)"]

@@ -10,7 +10,7 @@ from conftest import write_cifar10, write_idx
 from reproduce.runner import NOTEBOOKS, notebooks_at_once, run_notebooks
 
 # Budgets only: the attacks, eps and losses are the protocol's.
-TINY = dict(width=4, epochs=1, sweep_epochs=1, grid_epochs=1, test_limit=40, val_limit=None, restarts=2, mim_steps=5,
+TINY = dict(width=4, epochs=1, sweep_epochs=1, grid_epochs=1, test_limit=20, val_limit=None, restarts=2, mim_steps=5,
             tsne_points=40, apgd_steps=5, apgd_targets=2, autoattack_steps=5, square_queries=30, square_images=20)
 
 EXPECTED = ["table1_white_box", "table2_black_box_fgsm", "table3_black_box_20pgd", "table4_aaml_sweep",
